@@ -1,0 +1,199 @@
+//! Group commit: writers append to the journal and take a ticket; one syncer thread persists
+//! the journal once for every ticket issued so far and wakes all their waiters together.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fjall::{Database, PersistMode};
+use tokio::sync::watch;
+
+use crate::{Error, Result, Stats};
+
+/// Identifies a write in journal order; durable once the syncer has persisted up to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// What the syncer has made durable, or the error that stopped it.
+#[derive(Debug, Clone)]
+enum Synced {
+    UpTo(u64),
+    Failed(Error),
+}
+
+pub(crate) struct GroupCommit {
+    shared: Arc<Shared>,
+    durable_rx: watch::Receiver<Synced>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    /// Tickets issued; a write takes its ticket only after its journal append returned.
+    written: AtomicU64,
+    syncs: AtomicU64,
+    healthy: AtomicBool,
+    wake: Mutex<Wake>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct Wake {
+    pending: bool,
+    stop: bool,
+}
+
+impl GroupCommit {
+    /// Starts the syncer thread. With `background`, the syncer also persists on that interval
+    /// even when nobody waits (relaxed mode bounds its loss window this way).
+    pub(crate) fn start(db: Database, mode: PersistMode, background: Option<Duration>) -> Self {
+        let shared = Arc::new(Shared {
+            written: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            wake: Mutex::new(Wake::default()),
+            cond: Condvar::new(),
+        });
+        let (tx, rx) = watch::channel(Synced::UpTo(0));
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-sync".into())
+            .spawn(move || sync_loop(db, mode, background, thread_shared, tx))
+            .expect("spawning the store sync thread");
+        Self {
+            shared,
+            durable_rx: rx,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// Runs `append` (a journal write) and returns its ticket. In relaxed mode the append
+    /// already reached the OS, so the ticket is durable at once.
+    pub(crate) fn write(
+        &self,
+        append: impl FnOnce() -> Result<()>,
+        relaxed: bool,
+    ) -> Result<Ticket> {
+        if !self.shared.healthy.load(Ordering::Acquire) {
+            return Err(self.failure());
+        }
+        append()?;
+        let ticket = self.shared.written.fetch_add(1, Ordering::AcqRel) + 1;
+        if relaxed {
+            return Ok(Ticket(0));
+        }
+        let mut wake = self.shared.wake.lock().expect("sync lock poisoned");
+        if !wake.pending {
+            wake.pending = true;
+            self.shared.cond.notify_one();
+        }
+        Ok(Ticket(ticket))
+    }
+
+    pub(crate) fn last_written(&self) -> Ticket {
+        Ticket(self.shared.written.load(Ordering::Acquire))
+    }
+
+    pub(crate) async fn durable(&self, ticket: Ticket) -> Result<()> {
+        if ticket.0 == 0 {
+            return Ok(());
+        }
+        let mut rx = self.durable_rx.clone();
+        let seen = rx
+            .wait_for(|s| match s {
+                Synced::UpTo(n) => *n >= ticket.0,
+                Synced::Failed(_) => true,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        match &*seen {
+            Synced::UpTo(_) => Ok(()),
+            Synced::Failed(e) => Err(e.clone()),
+        }
+    }
+
+    fn failure(&self) -> Error {
+        match &*self.durable_rx.borrow() {
+            Synced::Failed(e) => e.clone(),
+            Synced::UpTo(_) => Error::Closed,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            batches: self.shared.written.load(Ordering::Relaxed),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stop(&self) {
+        {
+            let mut wake = self.shared.wake.lock().expect("sync lock poisoned");
+            wake.stop = true;
+            self.shared.cond.notify_one();
+        }
+        if let Some(t) = self.thread.lock().expect("sync lock poisoned").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sync_loop(
+    db: Database,
+    mode: PersistMode,
+    background: Option<Duration>,
+    shared: Arc<Shared>,
+    tx: watch::Sender<Synced>,
+) {
+    let mut synced = 0u64;
+    loop {
+        {
+            let mut wake = shared.wake.lock().expect("sync lock poisoned");
+            loop {
+                if wake.stop {
+                    return;
+                }
+                if wake.pending {
+                    wake.pending = false;
+                    break;
+                }
+                match background {
+                    Some(every) => {
+                        let (w, timeout) = shared
+                            .cond
+                            .wait_timeout(wake, every)
+                            .expect("sync lock poisoned");
+                        wake = w;
+                        if timeout.timed_out() {
+                            break;
+                        }
+                    }
+                    None => wake = shared.cond.wait(wake).expect("sync lock poisoned"),
+                }
+            }
+        }
+        // Every ticket up to `target` was issued after its append returned, so this persist
+        // covers all of them.
+        let target = shared.written.load(Ordering::Acquire);
+        if target == synced && background.is_some() {
+            continue;
+        }
+        match db.persist(mode) {
+            Ok(()) => {
+                synced = target;
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(Synced::UpTo(target));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal persist failed; the store stops taking writes");
+                shared.healthy.store(false, Ordering::Release);
+                let _ = tx.send(Synced::Failed(Error::from(e)));
+                return;
+            }
+        }
+    }
+}

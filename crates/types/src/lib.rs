@@ -1,0 +1,14 @@
+//! Shared vocabulary of Sluice: resource names, human durations and sizes, and the injected clock.
+//!
+//! Every other crate depends on this one and it depends on nothing of ours, so it holds only
+//! plain values with their parsing and validation rules.
+
+mod clock;
+mod duration;
+mod name;
+mod size;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use duration::{DurationParseError, HumanDuration};
+pub use name::{Name, NameError};
+pub use size::{ByteSize, SizeParseError};
