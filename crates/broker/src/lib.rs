@@ -1,1 +1,466 @@
-//! placeholder
+//! Queues and the delivery engine of Sluice: leases, acks and nacks, retry backoff,
+//! dead-letter queues and redrive, FIFO groups, deduplication, delays and retention.
+//!
+//! [`Broker`] is the only way in. It owns one [`engine::Engine`] behind a mutex: every
+//! operation updates the in-memory delivery state and writes one atomic store batch while
+//! holding it, then waits for the batch to be durable after letting go. The decisions
+//! themselves live in [`delivery`], a pure core without I/O or clock reads.
+
+pub mod codec;
+pub mod config;
+pub mod delivery;
+mod engine;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_store::Store;
+use sluice_types::{HumanDuration, Name, SharedClock};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Backoff, ConfigError, QueueConfig};
+use engine::Engine;
+
+/// Most messages in one send or receive call.
+pub const BATCH_MAX: usize = 1_000;
+/// Longest long poll.
+pub const WAIT_MAX: HumanDuration = HumanDuration::from_secs(20);
+/// Longest accepted group key or dedup id, in bytes.
+pub const KEY_LEN_MAX: usize = 128;
+
+/// What went wrong in a broker operation. Each variant maps to one stable API error code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("queue {0:?} does not exist")]
+    QueueNotFound(String),
+    #[error("invalid queue configuration: {0}")]
+    InvalidConfig(#[from] ConfigError),
+    #[error("fifo cannot change after a queue is created")]
+    FifoImmutable,
+    #[error("dead-letter queue {0:?} does not exist")]
+    DeadLetterQueueNotFound(String),
+    #[error("dead-letter queue {0}")]
+    DeadLetterQueueInvalid(String),
+    #[error("queue {queue:?} is the dead-letter queue of {used_by:?}; change those first")]
+    QueueInUse { queue: String, used_by: Vec<String> },
+    #[error("queue {0:?} has no dead-letter queue to redrive from")]
+    NoDeadLetterQueue(String),
+    #[error("{0}")]
+    InvalidMessage(String),
+    #[error("message of {size} bytes is larger than the queue's max_message_size of {max}")]
+    MessageTooLarge { size: usize, max: u64 },
+    #[error("batch of {0} entries is larger than {BATCH_MAX}")]
+    BatchTooLarge(usize),
+    #[error("{field} {value} is outside {min}..={max}")]
+    OutOfRange {
+        field: &'static str,
+        value: HumanDuration,
+        min: HumanDuration,
+        max: HumanDuration,
+    },
+    #[error("{0} messages are leased, the queue's max_in_flight; ack or nack some first")]
+    InFlightLimit(u32),
+    #[error("receipt is not a receipt issued by this server")]
+    ReceiptInvalid,
+    #[error("receipt belongs to another queue")]
+    ReceiptForeign,
+    #[error(
+        "receipt is stale: its lease ended and the message was acked, released or leased again"
+    )]
+    ReceiptStale,
+    #[error("storage failed: {0}")]
+    Store(#[from] sluice_store::Error),
+    #[error(transparent)]
+    Corrupt(#[from] codec::Corrupt),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Broker result.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A message to send.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage {
+    /// The body as JSON text.
+    pub body: Vec<u8>,
+    /// The attributes as JSON object text (`{}` if none).
+    pub attributes: Vec<u8>,
+    /// FIFO group key.
+    pub group: Option<String>,
+    /// Dedup id: a repeat within the queue's dedup window is acknowledged, not enqueued.
+    pub dedup_id: Option<String>,
+    /// Delivery delay, overriding the queue's.
+    pub delay: Option<HumanDuration>,
+}
+
+/// The outcome of one message of a send.
+#[derive(Debug, Clone)]
+pub enum SendOutcome {
+    /// Enqueued under this id.
+    Sent(String),
+    /// A duplicate of the message with this id, within the dedup window; not enqueued.
+    Duplicate(String),
+    /// Rejected; nothing was enqueued for it.
+    Failed(Error),
+}
+
+/// Why and from where a message was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterInfo {
+    pub source_queue: String,
+    /// `lease_expired`, `nacked` or `error`.
+    pub reason: String,
+    /// The error text given with the last nack.
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub at_ms: u64,
+}
+
+/// A message handed to a consumer under a lease.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    /// JSON text.
+    pub body: Vec<u8>,
+    /// JSON object text.
+    pub attributes: Vec<u8>,
+    pub group: Option<String>,
+    pub receipt: String,
+    pub receive_count: u32,
+    pub first_receive_ms: u64,
+    pub sent_ms: u64,
+    pub lease_deadline_ms: u64,
+    pub dead_letter: Option<DeadLetterInfo>,
+}
+
+/// A queue's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub visible: u64,
+    pub leased: u64,
+    pub delayed: u64,
+    /// Messages of this queue now in its dead-letter queue.
+    pub dead_lettered: u64,
+    /// Age of the oldest message, if any.
+    pub oldest_age_ms: Option<u64>,
+    pub sent_total: u64,
+    pub expired_total: u64,
+    pub dedup_hits_total: u64,
+}
+
+/// A queue's definition and counts.
+#[derive(Debug, Clone)]
+pub struct QueueInfo {
+    pub name: String,
+    pub config: QueueConfig,
+    pub created_ms: u64,
+    pub stats: QueueStats,
+}
+
+/// The outcome of one receipt of an ack, nack or extend.
+pub type ReceiptOutcome = std::result::Result<(), Error>;
+
+/// How to release nacked messages.
+#[derive(Debug, Clone, Default)]
+pub struct Nack {
+    /// Deliver again after this delay; `None` applies the queue's backoff.
+    pub delay: Option<HumanDuration>,
+    /// Error text, recorded if the message is dead-lettered.
+    pub reason: Option<String>,
+}
+
+/// Progress of a redrive call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redrive {
+    pub moved: u64,
+    /// Messages of this queue still in its dead-letter queue.
+    pub remaining: u64,
+}
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often background work (delays, lease expiry, retention, dedup expiry) runs.
+    pub tick: Duration,
+    /// Seed of the jitter random source; `None` seeds from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(10),
+            seed: None,
+        }
+    }
+}
+
+/// The broker handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Mutex<Engine>,
+    store: Store,
+    clock: SharedClock,
+}
+
+impl Broker {
+    /// Loads every queue from `store` and recovers its delivery state: leases keep their
+    /// deadlines, so a message leased before a restart is released when its lease ends.
+    pub fn open(store: Store, clock: SharedClock, options: &Options) -> Result<Self> {
+        let engine = Engine::open(store.clone(), clock.now_ms(), options.seed)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                engine: Mutex::new(engine),
+                store,
+                clock,
+            }),
+        })
+    }
+
+    /// Runs background work every `options.tick` until `cancel`.
+    pub async fn run(self, options: Options, cancel: CancellationToken) {
+        let mut interval = tokio::time::interval(options.tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %e, "broker background work failed");
+            }
+        }
+    }
+
+    /// Runs due background work once: promotes delayed messages, releases expired leases,
+    /// drops messages past retention, forgets expired dedup ids.
+    pub async fn tick(&self) -> Result<()> {
+        let now = self.now();
+        let (ticket, woken) = {
+            let mut engine = self.lock();
+            engine.tick(now)?
+        };
+        for notify in woken {
+            notify.notify_waiters();
+        }
+        self.shared.store.durable(ticket).await?;
+        Ok(())
+    }
+
+    fn now(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.shared
+            .engine
+            .lock()
+            .expect("broker engine lock poisoned")
+    }
+
+    /// Creates queue `name`, or updates its configuration. Returns whether it was created.
+    pub async fn put_queue(&self, name: &Name, config: QueueConfig) -> Result<bool> {
+        config.validate()?;
+        let now = self.now();
+        let (created, ticket) = self.lock().put_queue(name, config, now)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(created)
+    }
+
+    /// The definition and counts of queue `name`.
+    pub fn get_queue(&self, name: &str) -> Result<QueueInfo> {
+        let now = self.now();
+        self.lock().queue_info(name, now)
+    }
+
+    /// Every queue, by name.
+    pub fn list_queues(&self) -> Result<Vec<QueueInfo>> {
+        let now = self.now();
+        self.lock().list(now)
+    }
+
+    /// Deletes queue `name` and its messages.
+    pub async fn delete_queue(&self, name: &str) -> Result<()> {
+        let (ticket, notify) = self.lock().delete_queue(name)?;
+        notify.notify_waiters();
+        self.shared.store.durable(ticket).await?;
+        Ok(())
+    }
+
+    /// Sends messages; each is enqueued, recognised as a duplicate, or rejected on its own.
+    pub async fn send(&self, queue: &str, messages: Vec<NewMessage>) -> Result<Vec<SendOutcome>> {
+        if messages.len() > BATCH_MAX {
+            return Err(Error::BatchTooLarge(messages.len()));
+        }
+        let now = self.now();
+        let (outcomes, ticket, notify) = self.lock().send(queue, messages, now)?;
+        self.shared.store.durable(ticket).await?;
+        notify.notify_waiters();
+        Ok(outcomes)
+    }
+
+    /// Leases up to `max` messages, waiting up to `wait` for the first one to arrive.
+    pub async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: HumanDuration,
+        lease_timeout: Option<HumanDuration>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Delivery>> {
+        if max == 0 || max > BATCH_MAX {
+            return Err(Error::InvalidMessage(format!(
+                "max must be 1..={BATCH_MAX}"
+            )));
+        }
+        check_range("wait", wait, HumanDuration::ZERO, WAIT_MAX)?;
+        if let Some(lease) = lease_timeout {
+            check_range(
+                "lease_timeout",
+                lease,
+                config::limits::LEASE_MIN,
+                config::limits::LEASE_MAX,
+            )?;
+        }
+        let deadline = tokio::time::Instant::now() + wait.to_std();
+        loop {
+            let notify = self.lock().notify_handle(queue)?;
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.now();
+            let (deliveries, ticket) = self.lock().receive(queue, max, lease_timeout, now)?;
+            if !deliveries.is_empty() {
+                self.shared.store.durable(ticket).await?;
+                return Ok(deliveries);
+            }
+            // Wake up at the deadline, on a send, or on the next background tick at the
+            // latest, whichever comes first (delays and lease expiries land on ticks).
+            let poll = tokio::time::Instant::now() + Duration::from_millis(250);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline.min(poll)) => {}
+                _ = cancel.cancelled() => return Ok(Vec::new()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let now = self.now();
+                let (deliveries, ticket) = self.lock().receive(queue, max, lease_timeout, now)?;
+                self.shared.store.durable(ticket).await?;
+                return Ok(deliveries);
+            }
+        }
+    }
+
+    /// Acks leased messages: they are removed for good.
+    pub async fn ack(&self, queue: &str, receipts: &[String]) -> Result<Vec<ReceiptOutcome>> {
+        check_batch(receipts.len())?;
+        let now = self.now();
+        let (outcomes, ticket, notify) = self.lock().ack(queue, receipts, now)?;
+        self.shared.store.durable(ticket).await?;
+        notify.notify_waiters();
+        Ok(outcomes)
+    }
+
+    /// Nacks leased messages: released for another attempt, or dead-lettered.
+    pub async fn nack(
+        &self,
+        queue: &str,
+        receipts: &[String],
+        nack: Nack,
+    ) -> Result<Vec<ReceiptOutcome>> {
+        check_batch(receipts.len())?;
+        if let Some(d) = nack.delay {
+            check_range("delay", d, HumanDuration::ZERO, config::limits::DELAY_MAX)?;
+        }
+        let now = self.now();
+        let (outcomes, ticket, woken) = self.lock().nack(queue, receipts, &nack, now)?;
+        self.shared.store.durable(ticket).await?;
+        for n in woken {
+            n.notify_waiters();
+        }
+        Ok(outcomes)
+    }
+
+    /// Extends leases to `lease_timeout` from now.
+    pub async fn extend(
+        &self,
+        queue: &str,
+        receipts: &[String],
+        lease_timeout: HumanDuration,
+    ) -> Result<Vec<ReceiptOutcome>> {
+        check_batch(receipts.len())?;
+        check_range(
+            "lease_timeout",
+            lease_timeout,
+            config::limits::LEASE_MIN,
+            config::limits::LEASE_MAX,
+        )?;
+        let now = self.now();
+        let (outcomes, ticket) = self.lock().extend(queue, receipts, lease_timeout, now)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(outcomes)
+    }
+
+    /// Removes every message of the queue, leased ones included. Returns how many.
+    pub async fn purge(&self, queue: &str) -> Result<u64> {
+        let (n, ticket) = self.lock().purge(queue)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(n)
+    }
+
+    /// Moves up to `max` of this queue's messages back from its dead-letter queue.
+    pub async fn redrive(&self, queue: &str, max: u64) -> Result<Redrive> {
+        let now = self.now();
+        let (redrive, ticket, notify) = self.lock().redrive(queue, max, now)?;
+        self.shared.store.durable(ticket).await?;
+        notify.notify_waiters();
+        Ok(redrive)
+    }
+
+    /// Wakes every long poll (used at shutdown, together with cancelling their token).
+    pub fn wake_all(&self) {
+        for n in self.lock().all_notifies() {
+            n.notify_waiters();
+        }
+    }
+
+    /// Whether the store still takes writes.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.store.is_healthy()
+    }
+}
+
+fn check_batch(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::InvalidMessage("receipts must not be empty".into()));
+    }
+    if n > BATCH_MAX {
+        return Err(Error::BatchTooLarge(n));
+    }
+    Ok(())
+}
+
+fn check_range(
+    field: &'static str,
+    value: HumanDuration,
+    min: HumanDuration,
+    max: HumanDuration,
+) -> Result<()> {
+    if value < min || value > max {
+        return Err(Error::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) type Waker = Arc<Notify>;

@@ -130,7 +130,10 @@ impl Store {
 
     /// Opens or creates the keyspace `name` (letters, digits, `_`, `-`, `.`, `#`, `$`).
     pub fn keyspace(&self, name: &str) -> Result<Keyspace> {
-        let inner = self.inner.db.keyspace(name, KeyspaceCreateOptions::default)?;
+        let inner = self
+            .inner
+            .db
+            .keyspace(name, KeyspaceCreateOptions::default)?;
         Ok(Keyspace { inner })
     }
 
@@ -155,7 +158,9 @@ impl Store {
         } else {
             batch.inner
         };
-        self.inner.commit.write(|| inner.commit().map_err(Error::from), relaxed)
+        self.inner
+            .commit
+            .write(|| inner.commit().map_err(Error::from), relaxed)
     }
 
     /// Waits until the write behind `ticket` is durable under the configured durability.
@@ -232,12 +237,7 @@ impl Keyspace {
     }
 
     /// Key-value pairs with `start <= key < end`, in reverse key order, at most `limit`.
-    pub fn range_rev(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Bytes, Bytes)>> {
+    pub fn range_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);

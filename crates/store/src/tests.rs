@@ -47,7 +47,11 @@ async fn concurrent_commits_share_fsyncs() {
         tasks.push(tokio::spawn(async move {
             for i in 0..50u32 {
                 let mut batch = store.batch();
-                batch.put(&ks, [t.to_be_bytes(), i.to_be_bytes()].concat(), vec![0u8; 64]);
+                batch.put(
+                    &ks,
+                    [t.to_be_bytes(), i.to_be_bytes()].concat(),
+                    vec![0u8; 64],
+                );
                 store.commit(batch).await.unwrap();
             }
         }));

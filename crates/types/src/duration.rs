@@ -45,9 +45,7 @@ impl HumanDuration {
 
     /// A duration of `d` days.
     pub const fn from_days(d: u64) -> Self {
-        Self {
-            ms: d * 86_400_000,
-        }
+        Self { ms: d * 86_400_000 }
     }
 
     /// The duration in milliseconds.
@@ -179,7 +177,11 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(input.parse::<HumanDuration>().unwrap_err(), *want, "{input}");
+            assert_eq!(
+                input.parse::<HumanDuration>().unwrap_err(),
+                *want,
+                "{input}"
+            );
         }
     }
 

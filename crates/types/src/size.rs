@@ -14,7 +14,12 @@ pub struct ByteSize(pub u64);
 #[error("size {0:?} is not a whole number of bytes with an optional unit B, KiB, MiB or GiB")]
 pub struct SizeParseError(String);
 
-const UNITS: [(&str, u64); 4] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)];
+const UNITS: [(&str, u64); 4] = [
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+    ("B", 1),
+];
 
 impl FromStr for ByteSize {
     type Err = SizeParseError;
@@ -98,7 +103,11 @@ mod tests {
             ("1.5MiB", None),
         ];
         for (input, want) in cases {
-            assert_eq!(input.parse::<ByteSize>().ok().map(|b| b.0), *want, "{input}");
+            assert_eq!(
+                input.parse::<ByteSize>().ok().map(|b| b.0),
+                *want,
+                "{input}"
+            );
         }
     }
 

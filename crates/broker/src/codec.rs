@@ -1,0 +1,474 @@
+//! Binary layout of the broker's keys and records in the store, with length checks on read.
+//!
+//! Keyspaces: `meta` (queue definitions, counters, the message sequence), `msg` (immutable
+//! message records), `state` (small mutable delivery state per message) and `index` (every
+//! ordering index: ready, delayed, leased, FIFO groups, dedup ids). Keys start with the
+//! queue id, big-endian, so one queue's entries are contiguous and ordered.
+
+use std::fmt;
+
+/// A record or key that does not decode: the store holds something this version did not
+/// write. Reported, never silently skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt {what} record")]
+pub struct Corrupt {
+    pub what: &'static str,
+}
+
+/// Index kinds, the byte after the queue id in `index` keys.
+pub mod kind {
+    /// Ready messages of a standard queue: `rseq -> seq`.
+    pub const READY: u8 = b'R';
+    /// Delayed messages of a standard queue: `due, seq -> ()`.
+    pub const DELAYED: u8 = b'D';
+    /// Leases: `deadline, seq -> ()`.
+    pub const LEASE: u8 = b'L';
+    /// FIFO group members: `group, seq -> ()`.
+    pub const FIFO: u8 = b'F';
+    /// Dedup ids: `id -> expires, seq`.
+    pub const DEDUP: u8 = b'U';
+    /// Dedup expiry order: `expires, id -> ()`.
+    pub const DEDUP_EXPIRY: u8 = b'X';
+    /// Parked FIFO groups: `group -> ()`.
+    pub const PARKED: u8 = b'P';
+}
+
+/// `qid` as a key prefix.
+pub fn queue_prefix(qid: u64) -> [u8; 8] {
+    qid.to_be_bytes()
+}
+
+/// The exclusive upper bound of all keys starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// `qid ‖ seq`, the key of a message in `msg` and `state`.
+pub fn msg_key(qid: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&qid.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `qid ‖ kind ‖ parts…` for the `index` keyspace.
+pub fn index_key(qid: u64, kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 9 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut k = Vec::with_capacity(len);
+    k.extend_from_slice(&qid.to_be_bytes());
+    k.push(kind);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The `group` part of a FIFO key: length byte and bytes, so groups never share a prefix.
+pub fn group_part(group: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(group.len() + 1);
+    p.push(group.len() as u8);
+    p.extend_from_slice(group.as_bytes());
+    p
+}
+
+/// Reads a big-endian u64 at `at` in `key`.
+pub fn u64_at(key: &[u8], at: usize) -> Result<u64, Corrupt> {
+    key.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or(Corrupt { what: "index key" })
+}
+
+/// A little encoder for records.
+#[derive(Default)]
+pub struct Writer(pub Vec<u8>);
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.u32(v.len() as u32);
+        self.0.extend_from_slice(v);
+        self
+    }
+    pub fn opt_str(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(s) => self.u8(1).bytes(s.as_bytes()),
+            None => self.u8(0),
+        }
+    }
+}
+
+/// The matching decoder; every read checks the remaining length.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Self { buf, what }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Corrupt> {
+        if self.buf.len() < n {
+            return Err(Corrupt { what: self.what });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    pub fn u8(&mut self) -> Result<u8, Corrupt> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32, Corrupt> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub fn u64(&mut self) -> Result<u64, Corrupt> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    pub fn bytes(&mut self) -> Result<&'a [u8], Corrupt> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    pub fn string(&mut self) -> Result<String, Corrupt> {
+        let what = self.what;
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| Corrupt { what })
+    }
+    pub fn opt_string(&mut self) -> Result<Option<String>, Corrupt> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.string().map(Some),
+            _ => Err(Corrupt { what: self.what }),
+        }
+    }
+    pub fn finish(self) -> Result<(), Corrupt> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Corrupt { what: self.what })
+        }
+    }
+}
+
+/// Where a message was dead-lettered from and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub source_qid: u64,
+    pub source_queue: String,
+    pub reason: String,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub at_ms: u64,
+}
+
+/// The immutable part of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub sent_ms: u64,
+    pub group: Option<String>,
+    pub dedup_id: Option<String>,
+    /// JSON object text.
+    pub attributes: Vec<u8>,
+    /// JSON text.
+    pub body: Vec<u8>,
+    pub dead_letter: Option<DeadLetter>,
+}
+
+const MESSAGE_VERSION: u8 = 1;
+
+impl MessageRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(
+            64 + self.body.len() + self.attributes.len(),
+        ));
+        w.u8(MESSAGE_VERSION)
+            .u64(self.sent_ms)
+            .opt_str(self.group.as_deref())
+            .opt_str(self.dedup_id.as_deref())
+            .bytes(&self.attributes)
+            .bytes(&self.body);
+        match &self.dead_letter {
+            None => {
+                w.u8(0);
+            }
+            Some(d) => {
+                w.u8(1)
+                    .u64(d.source_qid)
+                    .bytes(d.source_queue.as_bytes())
+                    .bytes(d.reason.as_bytes())
+                    .opt_str(d.error.as_deref())
+                    .u32(d.attempts)
+                    .u64(d.at_ms);
+            }
+        }
+        w.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, Corrupt> {
+        let mut r = Reader::new(buf, "message");
+        if r.u8()? != MESSAGE_VERSION {
+            return Err(Corrupt { what: "message" });
+        }
+        let sent_ms = r.u64()?;
+        let group = r.opt_string()?;
+        let dedup_id = r.opt_string()?;
+        let attributes = r.bytes()?.to_vec();
+        let body = r.bytes()?.to_vec();
+        let dead_letter = match r.u8()? {
+            0 => None,
+            1 => Some(DeadLetter {
+                source_qid: r.u64()?,
+                source_queue: r.string()?,
+                reason: r.string()?,
+                error: r.opt_string()?,
+                attempts: r.u32()?,
+                at_ms: r.u64()?,
+            }),
+            _ => return Err(Corrupt { what: "message" }),
+        };
+        r.finish()?;
+        Ok(Self {
+            sent_ms,
+            group,
+            dedup_id,
+            attributes,
+            body,
+            dead_letter,
+        })
+    }
+}
+
+/// Which index currently holds a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// Standard queue, ready under this ready sequence number.
+    Ready(u64),
+    /// Standard queue, delayed until this time.
+    Delayed(u64),
+    /// Leased until this deadline.
+    Leased(u64),
+    /// FIFO queue, waiting in its group.
+    Fifo,
+}
+
+/// The mutable delivery state of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageState {
+    pub receive_count: u32,
+    pub first_receive_ms: u64,
+    /// Not deliverable before this time.
+    pub visible_at: u64,
+    pub location: Location,
+}
+
+impl MessageState {
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, at) = match self.location {
+            Location::Ready(r) => (0, r),
+            Location::Delayed(d) => (1, d),
+            Location::Leased(d) => (2, d),
+            Location::Fifo => (3, 0),
+        };
+        let mut w = Writer(Vec::with_capacity(29));
+        w.u32(self.receive_count)
+            .u64(self.first_receive_ms)
+            .u64(self.visible_at)
+            .u8(tag)
+            .u64(at);
+        w.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, Corrupt> {
+        let mut r = Reader::new(buf, "message state");
+        let receive_count = r.u32()?;
+        let first_receive_ms = r.u64()?;
+        let visible_at = r.u64()?;
+        let tag = r.u8()?;
+        let at = r.u64()?;
+        r.finish()?;
+        let location = match tag {
+            0 => Location::Ready(at),
+            1 => Location::Delayed(at),
+            2 => Location::Leased(at),
+            3 => Location::Fifo,
+            _ => {
+                return Err(Corrupt {
+                    what: "message state",
+                });
+            }
+        };
+        Ok(Self {
+            receive_count,
+            first_receive_ms,
+            visible_at,
+            location,
+        })
+    }
+}
+
+/// Persisted per-queue counters, rewritten in every batch that changes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Standard: messages in the ready index. FIFO: messages not leased.
+    pub ready: u64,
+    /// Standard: messages in the delayed index. FIFO: unused (delayed heads are derived).
+    pub delayed: u64,
+    pub leased: u64,
+    /// Messages of this queue now in its dead-letter queue.
+    pub dead_lettered: u64,
+    pub next_rseq: u64,
+    pub sent_total: u64,
+    pub expired_total: u64,
+    pub dedup_hits_total: u64,
+}
+
+impl Counters {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(64));
+        for v in [
+            self.ready,
+            self.delayed,
+            self.leased,
+            self.dead_lettered,
+            self.next_rseq,
+            self.sent_total,
+            self.expired_total,
+            self.dedup_hits_total,
+        ] {
+            w.u64(v);
+        }
+        w.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, Corrupt> {
+        let mut r = Reader::new(buf, "queue counters");
+        let c = Self {
+            ready: r.u64()?,
+            delayed: r.u64()?,
+            leased: r.u64()?,
+            dead_lettered: r.u64()?,
+            next_rseq: r.u64()?,
+            sent_total: r.u64()?,
+            expired_total: r.u64()?,
+            dedup_hits_total: r.u64()?,
+        };
+        r.finish()?;
+        Ok(c)
+    }
+}
+
+/// A receipt: which delivery of which message of which queue. Shown to users as 40 hex
+/// digits; anything else is not a receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub qid: u64,
+    pub seq: u64,
+    pub epoch: u32,
+}
+
+impl fmt::Display for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}{:016x}{:08x}", self.qid, self.seq, self.epoch)
+    }
+}
+
+impl Receipt {
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 40 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(Self {
+            qid: u64::from_str_radix(&s[0..16], 16).ok()?,
+            seq: u64::from_str_radix(&s[16..32], 16).ok()?,
+            epoch: u32::from_str_radix(&s[32..40], 16).ok()?,
+        })
+    }
+}
+
+/// A message id as shown to users: its global sequence number in 16 hex digits.
+pub fn message_id(seq: u64) -> String {
+    format!("{seq:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_truncation_is_caught() {
+        let m = MessageRecord {
+            sent_ms: 7,
+            group: Some("g".into()),
+            dedup_id: None,
+            attributes: b"{}".to_vec(),
+            body: b"{\"a\":1}".to_vec(),
+            dead_letter: Some(DeadLetter {
+                source_qid: 3,
+                source_queue: "orders".into(),
+                reason: "error".into(),
+                error: Some("boom".into()),
+                attempts: 5,
+                at_ms: 9,
+            }),
+        };
+        let enc = m.encode();
+        assert_eq!(MessageRecord::decode(&enc).unwrap(), m);
+        for cut in 0..enc.len() {
+            assert!(MessageRecord::decode(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        let s = MessageState {
+            receive_count: 2,
+            first_receive_ms: 5,
+            visible_at: 6,
+            location: Location::Leased(99),
+        };
+        assert_eq!(MessageState::decode(&s.encode()).unwrap(), s);
+        let c = Counters {
+            ready: 1,
+            next_rseq: 8,
+            ..Counters::default()
+        };
+        assert_eq!(Counters::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn receipts_parse_only_their_own_shape() {
+        let r = Receipt {
+            qid: 1,
+            seq: u64::MAX,
+            epoch: 3,
+        };
+        assert_eq!(Receipt::parse(&r.to_string()), Some(r));
+        for bad in ["", "xyz", &"0".repeat(39), &"g".repeat(40), &"0".repeat(41)] {
+            assert_eq!(Receipt::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_end_bounds_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(&[1, 2]), vec![1, 3]);
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+        assert_eq!(prefix_end(&[0xff]), vec![0xff, 0xff]);
+    }
+}

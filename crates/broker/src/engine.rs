@@ -1,0 +1,1562 @@
+//! The delivery engine: the in-memory delivery state of every queue and the store batches
+//! that make each change durable. Callers hold the broker's lock around every method and
+//! await the returned ticket after releasing it.
+//!
+//! Memory holds only what is bounded: leases (at most `max_in_flight` per queue), a window
+//! of the next ready messages, FIFO group heads and counters. Message bodies, the ready
+//! backlog and delayed messages live in the store.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use sluice_store::{Batch, Keyspace, Store, Ticket};
+use sluice_types::{HumanDuration, Name};
+use tokio::sync::Notify;
+
+use crate::codec::{
+    self, Corrupt, Counters, DeadLetter, Location, MessageRecord, MessageState, Receipt, kind,
+};
+use crate::delivery::{
+    self, DeadLetterReason, GroupTable, Lease, LeaseTable, Release, ReleaseCause,
+};
+use crate::{
+    DeadLetterInfo, Delivery, Error, KEY_LEN_MAX, Nack, NewMessage, QueueConfig, QueueInfo,
+    QueueStats, ReceiptOutcome, Redrive, Result, SendOutcome, Waker, config,
+};
+
+/// Ready entries kept in memory per standard queue.
+const WINDOW_MAX: usize = 4_096;
+/// Entries handled per queue per background tick, per kind of work.
+const TICK_BATCH: usize = 1_000;
+/// Messages removed per batch by purge and delete.
+const PURGE_CHUNK: usize = 10_000;
+/// How often retention is checked per queue.
+const RETENTION_CHECK_MS: u64 = 1_000;
+
+const SEQ_KEY: &[u8] = b"seq";
+const QID_KEY: &[u8] = b"qid";
+
+fn queue_meta_key(name: &str) -> Vec<u8> {
+    [b"queue/".as_slice(), name.as_bytes()].concat()
+}
+
+fn counters_key(qid: u64) -> Vec<u8> {
+    [b"counters/".as_slice(), &qid.to_be_bytes()].concat()
+}
+
+#[derive(Serialize, Deserialize)]
+struct QueueMeta {
+    id: u64,
+    name: String,
+    created_ms: u64,
+    config: QueueConfig,
+}
+
+struct Keyspaces {
+    meta: Keyspace,
+    msg: Keyspace,
+    state: Keyspace,
+    index: Keyspace,
+}
+
+struct QueueState {
+    qid: u64,
+    name: String,
+    created_ms: u64,
+    config: QueueConfig,
+    counters: Counters,
+    /// Next ready entries of a standard queue, in ready order: `(rseq, seq)`.
+    window: VecDeque<(u64, u64)>,
+    /// The next ready sequence number not yet scanned into the window.
+    window_scan_next: u64,
+    /// Every ready entry in the store is in the window.
+    window_complete: bool,
+    /// Earliest due time in the delayed index, if any.
+    delayed_next_due: Option<u64>,
+    leases: LeaseTable,
+    groups: GroupTable,
+    /// No message of this queue has a smaller sequence number.
+    retention_hint: u64,
+    retention_next_check: u64,
+    notify: Waker,
+}
+
+impl QueueState {
+    fn new(meta: QueueMeta, counters: Counters) -> Self {
+        Self {
+            qid: meta.id,
+            name: meta.name,
+            created_ms: meta.created_ms,
+            config: meta.config,
+            counters,
+            window: VecDeque::new(),
+            window_scan_next: 0,
+            window_complete: false,
+            delayed_next_due: None,
+            leases: LeaseTable::default(),
+            groups: GroupTable::default(),
+            retention_hint: 0,
+            retention_next_check: 0,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    fn meta(&self) -> QueueMeta {
+        QueueMeta {
+            id: self.qid,
+            name: self.name.clone(),
+            created_ms: self.created_ms,
+            config: self.config.clone(),
+        }
+    }
+
+    fn lease_ms(&self, lease_timeout: Option<HumanDuration>) -> u64 {
+        lease_timeout
+            .unwrap_or(self.config.lease_timeout)
+            .as_millis()
+    }
+
+    fn stats(&self, oldest_sent_ms: Option<u64>, now: u64) -> QueueStats {
+        let c = &self.counters;
+        let (visible, delayed) = if self.config.fifo {
+            let heads = self.groups.delayed_heads();
+            (c.ready.saturating_sub(heads), heads)
+        } else {
+            (c.ready, c.delayed)
+        };
+        QueueStats {
+            visible,
+            leased: c.leased,
+            delayed,
+            dead_lettered: c.dead_lettered,
+            oldest_age_ms: oldest_sent_ms.map(|s| now.saturating_sub(s)),
+            sent_total: c.sent_total,
+            expired_total: c.expired_total,
+            dedup_hits_total: c.dedup_hits_total,
+        }
+    }
+}
+
+/// The engine.
+pub(crate) struct Engine {
+    store: Store,
+    ks: Keyspaces,
+    queues: HashMap<String, QueueState>,
+    names: HashMap<u64, String>,
+    next_seq: u64,
+    next_qid: u64,
+    rng: StdRng,
+    /// Queues whose counters changed in the batch being built.
+    dirty: HashSet<u64>,
+}
+
+fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<u64> {
+    Ok(match ks.get(key)? {
+        Some(v) => u64::from_le_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| Corrupt { what: "sequence" })?,
+        ),
+        None => 1,
+    })
+}
+
+impl Engine {
+    pub(crate) fn open(store: Store, now: u64, seed: Option<u64>) -> Result<Self> {
+        let ks = Keyspaces {
+            meta: store.keyspace("meta")?,
+            msg: store.keyspace("msg")?,
+            state: store.keyspace("state")?,
+            index: store.keyspace("index")?,
+        };
+        let next_seq = read_u64(&ks.meta, SEQ_KEY)?;
+        let next_qid = read_u64(&ks.meta, QID_KEY)?;
+        let mut engine = Self {
+            store,
+            ks,
+            queues: HashMap::new(),
+            names: HashMap::new(),
+            next_seq,
+            next_qid,
+            rng: match seed {
+                Some(s) => StdRng::seed_from_u64(s),
+                None => StdRng::from_os_rng(),
+            },
+            dirty: HashSet::new(),
+        };
+        let prefix = b"queue/";
+        for (_, value) in engine
+            .ks
+            .meta
+            .range(prefix, &codec::prefix_end(prefix), usize::MAX)?
+        {
+            let meta: QueueMeta =
+                serde_json::from_slice(&value).map_err(|_| Corrupt { what: "queue" })?;
+            let counters = match engine.ks.meta.get(&counters_key(meta.id))? {
+                Some(v) => Counters::decode(&v)?,
+                None => Counters::default(),
+            };
+            let mut q = QueueState::new(meta, counters);
+            engine.recover_queue(&mut q, now)?;
+            engine.names.insert(q.qid, q.name.clone());
+            engine.queues.insert(q.name.clone(), q);
+        }
+        Ok(engine)
+    }
+
+    /// Rebuilds the in-memory delivery state of `q` from its indexes.
+    fn recover_queue(&self, q: &mut QueueState, now: u64) -> Result<()> {
+        let qid = q.qid;
+        let lease_prefix = codec::index_key(qid, kind::LEASE, &[]);
+        for key in
+            self.ks
+                .index
+                .keys(&lease_prefix, &codec::prefix_end(&lease_prefix), usize::MAX)?
+        {
+            let deadline = codec::u64_at(&key, 9)?;
+            let seq = codec::u64_at(&key, 17)?;
+            let state = self.read_state(qid, seq)?;
+            let group = if q.config.fifo {
+                self.read_message(qid, seq)?.group
+            } else {
+                None
+            };
+            q.leases.insert(
+                seq,
+                Lease {
+                    deadline_ms: deadline,
+                    epoch: state.receive_count,
+                    group,
+                },
+            );
+        }
+        let delayed_prefix = codec::index_key(qid, kind::DELAYED, &[]);
+        q.delayed_next_due = self
+            .ks
+            .index
+            .keys(&delayed_prefix, &codec::prefix_end(&delayed_prefix), 1)?
+            .first()
+            .map(|k| codec::u64_at(k, 9))
+            .transpose()?;
+        if q.config.fifo {
+            let parked_prefix = codec::index_key(qid, kind::PARKED, &[]);
+            let parked: HashSet<Vec<u8>> = self
+                .ks
+                .index
+                .keys(
+                    &parked_prefix,
+                    &codec::prefix_end(&parked_prefix),
+                    usize::MAX,
+                )?
+                .into_iter()
+                .map(|k| k[9..].to_vec())
+                .collect();
+            let fifo_prefix = codec::index_key(qid, kind::FIFO, &[]);
+            let keys =
+                self.ks
+                    .index
+                    .keys(&fifo_prefix, &codec::prefix_end(&fifo_prefix), usize::MAX)?;
+            let mut i = 0;
+            while i < keys.len() {
+                let (group_part, head_seq) = split_fifo_key(&keys[i])?;
+                let mut pending = 0u64;
+                while i < keys.len() && split_fifo_key(&keys[i])?.0 == group_part {
+                    pending += 1;
+                    i += 1;
+                }
+                let group = group_from_part(group_part)?;
+                let head = self.read_state(qid, head_seq)?;
+                q.groups.restore(
+                    &group,
+                    pending,
+                    head.visible_at,
+                    matches!(head.location, Location::Leased(_)),
+                    parked.contains(group_part),
+                    now,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn read_state(&self, qid: u64, seq: u64) -> Result<MessageState> {
+        let v = self
+            .ks
+            .state
+            .get(&codec::msg_key(qid, seq))?
+            .ok_or(Corrupt {
+                what: "message state (missing)",
+            })?;
+        Ok(MessageState::decode(&v)?)
+    }
+
+    fn read_message(&self, qid: u64, seq: u64) -> Result<MessageRecord> {
+        let v = self.ks.msg.get(&codec::msg_key(qid, seq))?.ok_or(Corrupt {
+            what: "message (missing)",
+        })?;
+        Ok(MessageRecord::decode(&v)?)
+    }
+
+    fn queue(&self, name: &str) -> Result<&QueueState> {
+        self.queues
+            .get(name)
+            .ok_or_else(|| Error::QueueNotFound(name.to_owned()))
+    }
+
+    fn queue_mut(&mut self, name: &str) -> Result<&mut QueueState> {
+        self.queues
+            .get_mut(name)
+            .ok_or_else(|| Error::QueueNotFound(name.to_owned()))
+    }
+
+    /// Writes the batch with every dirty queue's counters and the sequence counters.
+    fn write(&mut self, mut batch: Batch) -> Result<Ticket> {
+        for qid in self.dirty.drain() {
+            if let Some(q) = self.names.get(&qid).and_then(|n| self.queues.get(n)) {
+                batch.put(&self.ks.meta, counters_key(qid), q.counters.encode());
+            }
+        }
+        batch.put(
+            &self.ks.meta,
+            SEQ_KEY.to_vec(),
+            self.next_seq.to_le_bytes().to_vec(),
+        );
+        Ok(self.store.write(batch)?)
+    }
+
+    pub(crate) fn notify_handle(&self, name: &str) -> Result<Waker> {
+        Ok(self.queue(name)?.notify.clone())
+    }
+
+    pub(crate) fn all_notifies(&self) -> Vec<Waker> {
+        self.queues.values().map(|q| q.notify.clone()).collect()
+    }
+
+    fn oldest_sent(&self, q: &QueueState) -> Result<Option<u64>> {
+        let start = codec::msg_key(q.qid, q.retention_hint);
+        let end = codec::prefix_end(&codec::queue_prefix(q.qid));
+        match self.ks.msg.range(&start, &end, 1)?.first() {
+            Some((_, v)) => Ok(Some(MessageRecord::decode(v)?.sent_ms)),
+            None => Ok(None),
+        }
+    }
+
+    fn info(&self, q: &QueueState, now: u64) -> Result<QueueInfo> {
+        Ok(QueueInfo {
+            name: q.name.clone(),
+            config: q.config.clone(),
+            created_ms: q.created_ms,
+            stats: q.stats(self.oldest_sent(q)?, now),
+        })
+    }
+
+    pub(crate) fn queue_info(&self, name: &str, now: u64) -> Result<QueueInfo> {
+        self.info(self.queue(name)?, now)
+    }
+
+    pub(crate) fn list(&self, now: u64) -> Result<Vec<QueueInfo>> {
+        let mut names: Vec<&String> = self.queues.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| self.info(&self.queues[n], now))
+            .collect()
+    }
+
+    fn dead_letter_users(&self, name: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .queues
+            .values()
+            .filter(|q| {
+                q.config
+                    .dead_letter_queue
+                    .as_ref()
+                    .is_some_and(|d| d.as_str() == name)
+            })
+            .map(|q| q.name.clone())
+            .collect();
+        users.sort();
+        users
+    }
+
+    pub(crate) fn put_queue(
+        &mut self,
+        name: &Name,
+        config: QueueConfig,
+        now: u64,
+    ) -> Result<(bool, Ticket)> {
+        if let Some(dlq) = &config.dead_letter_queue {
+            if dlq == name {
+                return Err(Error::DeadLetterQueueInvalid(
+                    "must be another queue than the queue itself".into(),
+                ));
+            }
+            let target = self
+                .queues
+                .get(dlq.as_str())
+                .ok_or_else(|| Error::DeadLetterQueueNotFound(dlq.to_string()))?;
+            if target.config.fifo != config.fifo {
+                return Err(Error::DeadLetterQueueInvalid(format!(
+                    "{dlq:?} must be {} like this queue",
+                    if config.fifo {
+                        "FIFO"
+                    } else {
+                        "a standard queue"
+                    }
+                )));
+            }
+        }
+        let mut batch = self.store.batch();
+        let created = match self.queues.get_mut(name.as_str()) {
+            Some(q) => {
+                if q.config.fifo != config.fifo {
+                    return Err(Error::FifoImmutable);
+                }
+                q.config = config;
+                false
+            }
+            None => {
+                let qid = self.next_qid;
+                self.next_qid += 1;
+                batch.put(
+                    &self.ks.meta,
+                    QID_KEY.to_vec(),
+                    self.next_qid.to_le_bytes().to_vec(),
+                );
+                let meta = QueueMeta {
+                    id: qid,
+                    name: name.to_string(),
+                    created_ms: now,
+                    config,
+                };
+                let mut q = QueueState::new(meta, Counters::default());
+                q.window_complete = true;
+                self.names.insert(qid, q.name.clone());
+                self.queues.insert(q.name.clone(), q);
+                self.dirty.insert(qid);
+                true
+            }
+        };
+        let q = &self.queues[name.as_str()];
+        let meta = serde_json::to_vec(&q.meta()).expect("queue meta serializes");
+        batch.put(&self.ks.meta, queue_meta_key(name.as_str()), meta);
+        let ticket = self.write(batch)?;
+        Ok((created, ticket))
+    }
+
+    pub(crate) fn delete_queue(&mut self, name: &str) -> Result<(Ticket, Waker)> {
+        let q = self.queue(name)?;
+        let users: Vec<String> = self
+            .dead_letter_users(name)
+            .into_iter()
+            .filter(|u| u != name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::QueueInUse {
+                queue: name.to_owned(),
+                used_by: users,
+            });
+        }
+        let qid = q.qid;
+        let notify = q.notify.clone();
+        self.purge(name)?;
+        // Remove whatever is left under the queue's id: dedup ids, parked groups.
+        let prefix = codec::queue_prefix(qid);
+        loop {
+            let keys = self
+                .ks
+                .index
+                .keys(&prefix, &codec::prefix_end(&prefix), PURGE_CHUNK)?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = self.store.batch();
+            for k in keys {
+                batch.delete(&self.ks.index, k);
+            }
+            self.store.write(batch)?;
+        }
+        let mut batch = self.store.batch();
+        batch.delete(&self.ks.meta, queue_meta_key(name));
+        batch.delete(&self.ks.meta, counters_key(qid));
+        self.queues.remove(name);
+        self.names.remove(&qid);
+        let ticket = self.write(batch)?;
+        Ok((ticket, notify))
+    }
+
+    // ---- send ----
+
+    pub(crate) fn send(
+        &mut self,
+        name: &str,
+        messages: Vec<NewMessage>,
+        now: u64,
+    ) -> Result<(Vec<SendOutcome>, Ticket, Waker)> {
+        let (qid, config, notify) = {
+            let q = self.queue(name)?;
+            (q.qid, q.config.clone(), q.notify.clone())
+        };
+        let mut batch = self.store.batch();
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut batch_dedup: HashMap<String, u64> = HashMap::new();
+        for m in messages {
+            if let Err(e) = validate_message(&m, &config) {
+                outcomes.push(SendOutcome::Failed(e));
+                continue;
+            }
+            if let Some(id) = &m.dedup_id {
+                let existing = match batch_dedup.get(id) {
+                    Some(seq) => Some(*seq),
+                    None => self.dedup_lookup(qid, id, now)?,
+                };
+                if let Some(seq) = existing {
+                    let q = self.queue_mut(name)?;
+                    q.counters.dedup_hits_total += 1;
+                    self.dirty.insert(qid);
+                    outcomes.push(SendOutcome::Duplicate(codec::message_id(seq)));
+                    continue;
+                }
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            if let Some(id) = &m.dedup_id {
+                let expires = now + config.dedup_window.as_millis();
+                let mut v = expires.to_le_bytes().to_vec();
+                v.extend_from_slice(&seq.to_le_bytes());
+                batch.put(
+                    &self.ks.index,
+                    codec::index_key(qid, kind::DEDUP, &[id.as_bytes()]),
+                    v,
+                );
+                batch.put(
+                    &self.ks.index,
+                    codec::index_key(
+                        qid,
+                        kind::DEDUP_EXPIRY,
+                        &[&expires.to_be_bytes(), id.as_bytes()],
+                    ),
+                    Vec::new(),
+                );
+                batch_dedup.insert(id.clone(), seq);
+            }
+            let delay = m.delay.unwrap_or(config.delay).as_millis();
+            let record = MessageRecord {
+                sent_ms: now,
+                group: m.group,
+                dedup_id: m.dedup_id,
+                attributes: m.attributes,
+                body: m.body,
+                dead_letter: None,
+            };
+            self.insert_message(&mut batch, qid, seq, &record, now + delay, 0, 0, now)?;
+            let q = self.queue_mut(name)?;
+            q.counters.sent_total += 1;
+            outcomes.push(SendOutcome::Sent(codec::message_id(seq)));
+        }
+        let ticket = self.write(batch)?;
+        Ok((outcomes, ticket, notify))
+    }
+
+    fn dedup_lookup(&self, qid: u64, id: &str, now: u64) -> Result<Option<u64>> {
+        let Some(v) = self
+            .ks
+            .index
+            .get(&codec::index_key(qid, kind::DEDUP, &[id.as_bytes()]))?
+        else {
+            return Ok(None);
+        };
+        let expires = codec::u64_at(&le_to_be(&v, 0)?, 0)?;
+        let seq = codec::u64_at(&le_to_be(&v, 8)?, 0)?;
+        Ok(delivery::is_duplicate(Some(expires), now).then_some(seq))
+    }
+
+    /// Puts a message into queue `qid`: record, state and the index its visibility calls for.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_message(
+        &mut self,
+        batch: &mut Batch,
+        qid: u64,
+        seq: u64,
+        record: &MessageRecord,
+        visible_at: u64,
+        receive_count: u32,
+        first_receive_ms: u64,
+        now: u64,
+    ) -> Result<()> {
+        let name = self
+            .names
+            .get(&qid)
+            .cloned()
+            .ok_or(Corrupt { what: "queue id" })?;
+        batch.put(&self.ks.msg, codec::msg_key(qid, seq), record.encode());
+        let q = self
+            .queues
+            .get_mut(&name)
+            .ok_or(Corrupt { what: "queue id" })?;
+        q.retention_hint = q.retention_hint.min(seq);
+        let location = if q.config.fifo {
+            let group = record.group.as_deref().unwrap_or("");
+            batch.put(
+                &self.ks.index,
+                codec::index_key(
+                    qid,
+                    kind::FIFO,
+                    &[&codec::group_part(group), &seq.to_be_bytes()],
+                ),
+                Vec::new(),
+            );
+            q.counters.ready += 1;
+            q.groups.on_enqueue(group, visible_at, now);
+            Location::Fifo
+        } else if visible_at > now {
+            batch.put(
+                &self.ks.index,
+                codec::index_key(
+                    qid,
+                    kind::DELAYED,
+                    &[&visible_at.to_be_bytes(), &seq.to_be_bytes()],
+                ),
+                Vec::new(),
+            );
+            q.counters.delayed += 1;
+            q.delayed_next_due = Some(q.delayed_next_due.map_or(visible_at, |d| d.min(visible_at)));
+            Location::Delayed(visible_at)
+        } else {
+            Location::Ready(push_ready(&self.ks.index, batch, q, seq))
+        };
+        self.dirty.insert(qid);
+        let state = MessageState {
+            receive_count,
+            first_receive_ms,
+            visible_at,
+            location,
+        };
+        batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+        Ok(())
+    }
+
+    // ---- receive ----
+
+    pub(crate) fn receive(
+        &mut self,
+        name: &str,
+        max: usize,
+        lease_timeout: Option<HumanDuration>,
+        now: u64,
+    ) -> Result<(Vec<Delivery>, Ticket)> {
+        let q = self.queue(name)?;
+        let (qid, fifo, lease_ms, retention_ms, in_flight_max) = (
+            q.qid,
+            q.config.fifo,
+            q.lease_ms(lease_timeout),
+            q.config.retention.as_millis(),
+            q.config.max_in_flight as usize,
+        );
+        if q.leases.len() >= in_flight_max && (q.counters.ready > 0) {
+            return Err(Error::InFlightLimit(in_flight_max as u32));
+        }
+        let mut batch = self.store.batch();
+        let mut out = Vec::new();
+        let mut removed: HashSet<u64> = HashSet::new();
+        while out.len() < max {
+            let q = self.queue_mut(name)?;
+            if q.leases.len() >= in_flight_max {
+                break;
+            }
+            let (seq, group) = if fifo {
+                let Some(group) = q.groups.lease_next(now) else {
+                    break;
+                };
+                let Some(seq) = self.fifo_head(qid, &group, &removed)? else {
+                    // The scheduler believed the group had messages; trust the store.
+                    let q = self.queue_mut(name)?;
+                    q.groups.on_remove_head(&group, None, now);
+                    continue;
+                };
+                (seq, Some(group))
+            } else {
+                let Some((rseq, seq)) = self.next_ready(name)? else {
+                    break;
+                };
+                batch.delete(
+                    &self.ks.index,
+                    codec::index_key(qid, kind::READY, &[&rseq.to_be_bytes()]),
+                );
+                (seq, None)
+            };
+            let record = self.read_message(qid, seq)?;
+            let mut state = self.read_state(qid, seq)?;
+            if delivery::is_expired(record.sent_ms, retention_ms, now) {
+                // Past retention: dropped instead of delivered. Its ready entry is already
+                // deleted above; the FIFO entry goes with the message.
+                self.drop_taken(
+                    &mut batch,
+                    qid,
+                    seq,
+                    &record,
+                    group.as_deref(),
+                    &mut removed,
+                    now,
+                )?;
+                continue;
+            }
+            state.receive_count += 1;
+            if state.first_receive_ms == 0 {
+                state.first_receive_ms = now;
+            }
+            let deadline = now + lease_ms;
+            state.location = Location::Leased(deadline);
+            batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+            batch.put(
+                &self.ks.index,
+                codec::index_key(
+                    qid,
+                    kind::LEASE,
+                    &[&deadline.to_be_bytes(), &seq.to_be_bytes()],
+                ),
+                Vec::new(),
+            );
+            let q = self.queue_mut(name)?;
+            q.counters.ready -= 1;
+            q.counters.leased += 1;
+            q.leases.insert(
+                seq,
+                Lease {
+                    deadline_ms: deadline,
+                    epoch: state.receive_count,
+                    group: group.clone(),
+                },
+            );
+            self.dirty.insert(qid);
+            out.push(Delivery {
+                id: codec::message_id(seq),
+                receipt: Receipt {
+                    qid,
+                    seq,
+                    epoch: state.receive_count,
+                }
+                .to_string(),
+                receive_count: state.receive_count,
+                first_receive_ms: state.first_receive_ms,
+                sent_ms: record.sent_ms,
+                lease_deadline_ms: deadline,
+                group: record.group,
+                dead_letter: record.dead_letter.map(|d| DeadLetterInfo {
+                    source_queue: d.source_queue,
+                    reason: d.reason,
+                    error: d.error,
+                    attempts: d.attempts,
+                    at_ms: d.at_ms,
+                }),
+                body: record.body,
+                attributes: record.attributes,
+            });
+        }
+        let ticket = self.flush(batch)?;
+        Ok((out, ticket))
+    }
+
+    /// Drops a message taken for delivery that turned out to be past retention.
+    #[allow(clippy::too_many_arguments)]
+    fn drop_taken(
+        &mut self,
+        batch: &mut Batch,
+        qid: u64,
+        seq: u64,
+        record: &MessageRecord,
+        group: Option<&str>,
+        removed: &mut HashSet<u64>,
+        now: u64,
+    ) -> Result<()> {
+        batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+        batch.delete(&self.ks.state, codec::msg_key(qid, seq));
+        removed.insert(seq);
+        if let Some(g) = group {
+            batch.delete(
+                &self.ks.index,
+                codec::index_key(
+                    qid,
+                    kind::FIFO,
+                    &[&codec::group_part(g), &seq.to_be_bytes()],
+                ),
+            );
+            let next = self.fifo_head_visible(qid, g, removed)?;
+            let q = self.queue_by_id(qid)?;
+            q.groups.on_remove_head(g, next, now);
+        }
+        let q = self.queue_by_id(qid)?;
+        q.counters.ready -= 1;
+        q.counters.expired_total += 1;
+        self.dirty.insert(qid);
+        self.release_dead_letter_count(record)?;
+        Ok(())
+    }
+
+    fn queue_by_id(&mut self, qid: u64) -> Result<&mut QueueState> {
+        let name = self.names.get(&qid).ok_or(Corrupt { what: "queue id" })?;
+        self.queues
+            .get_mut(name)
+            .ok_or(Error::Corrupt(Corrupt { what: "queue id" }))
+    }
+
+    /// A message that was dead-lettered from another queue leaves this one: that queue's
+    /// `dead_lettered` count goes down.
+    fn release_dead_letter_count(&mut self, record: &MessageRecord) -> Result<()> {
+        if let Some(d) = &record.dead_letter
+            && let Some(name) = self.names.get(&d.source_qid).cloned()
+            && let Some(src) = self.queues.get_mut(&name)
+        {
+            src.counters.dead_lettered = src.counters.dead_lettered.saturating_sub(1);
+            self.dirty.insert(d.source_qid);
+        }
+        Ok(())
+    }
+
+    /// Pops the next ready entry of a standard queue, refilling the window from the store.
+    fn next_ready(&mut self, name: &str) -> Result<Option<(u64, u64)>> {
+        let q = self.queue_mut(name)?;
+        if let Some(entry) = q.window.pop_front() {
+            return Ok(Some(entry));
+        }
+        if q.window_complete || q.counters.ready == 0 {
+            return Ok(None);
+        }
+        let (qid, from) = (q.qid, q.window_scan_next);
+        let start = codec::index_key(qid, kind::READY, &[&from.to_be_bytes()]);
+        let end = codec::prefix_end(&codec::index_key(qid, kind::READY, &[]));
+        let entries = self.ks.index.range(&start, &end, WINDOW_MAX)?;
+        let q = self.queue_mut(name)?;
+        q.window_complete = entries.len() < WINDOW_MAX;
+        for (k, v) in &entries {
+            let rseq = codec::u64_at(k, 9)?;
+            let seq = u64::from_le_bytes(v.as_ref().try_into().map_err(|_| Corrupt {
+                what: "ready entry",
+            })?);
+            q.window.push_back((rseq, seq));
+            q.window_scan_next = rseq + 1;
+        }
+        Ok(q.window.pop_front())
+    }
+
+    /// The first message of `group` not in `skip`.
+    fn fifo_head(&self, qid: u64, group: &str, skip: &HashSet<u64>) -> Result<Option<u64>> {
+        let prefix = codec::index_key(qid, kind::FIFO, &[&codec::group_part(group)]);
+        let end = codec::prefix_end(&prefix);
+        for key in self.ks.index.keys(&prefix, &end, skip.len() + 1)? {
+            let seq = codec::u64_at(&key, prefix.len())?;
+            if !skip.contains(&seq) {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
+    fn fifo_head_visible(&self, qid: u64, group: &str, skip: &HashSet<u64>) -> Result<Option<u64>> {
+        match self.fifo_head(qid, group, skip)? {
+            Some(seq) => Ok(Some(self.read_state(qid, seq)?.visible_at)),
+            None => Ok(None),
+        }
+    }
+
+    // ---- ack, nack, extend ----
+
+    /// Checks a receipt against queue `name`'s leases; returns the message's sequence number.
+    fn check_receipt(&self, name: &str, receipt: &str) -> std::result::Result<(u64, u32), Error> {
+        let q = self.queue(name)?;
+        let r = Receipt::parse(receipt).ok_or(Error::ReceiptInvalid)?;
+        if r.qid != q.qid {
+            return Err(
+                if self.names.contains_key(&r.qid) || r.qid < self.next_qid {
+                    Error::ReceiptForeign
+                } else {
+                    Error::ReceiptInvalid
+                },
+            );
+        }
+        match q.leases.get(r.seq) {
+            Some(lease) if lease.epoch == r.epoch => Ok((r.seq, r.epoch)),
+            _ => Err(Error::ReceiptStale),
+        }
+    }
+
+    pub(crate) fn ack(
+        &mut self,
+        name: &str,
+        receipts: &[String],
+        now: u64,
+    ) -> Result<(Vec<ReceiptOutcome>, Ticket, Waker)> {
+        let (qid, notify) = {
+            let q = self.queue(name)?;
+            (q.qid, q.notify.clone())
+        };
+        let mut batch = self.store.batch();
+        let mut outcomes = Vec::with_capacity(receipts.len());
+        let mut removed = HashSet::new();
+        for receipt in receipts {
+            let seq = match self.check_receipt(name, receipt) {
+                Ok((seq, _)) => seq,
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            };
+            let q = self.queue_mut(name)?;
+            let lease = q.leases.remove(seq).ok_or(Error::ReceiptStale)?;
+            q.counters.leased -= 1;
+            self.dirty.insert(qid);
+            batch.delete(
+                &self.ks.index,
+                codec::index_key(
+                    qid,
+                    kind::LEASE,
+                    &[&lease.deadline_ms.to_be_bytes(), &seq.to_be_bytes()],
+                ),
+            );
+            batch.delete(&self.ks.state, codec::msg_key(qid, seq));
+            batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+            removed.insert(seq);
+            if let Some(group) = &lease.group {
+                batch.delete(
+                    &self.ks.index,
+                    codec::index_key(
+                        qid,
+                        kind::FIFO,
+                        &[&codec::group_part(group), &seq.to_be_bytes()],
+                    ),
+                );
+                let next = self.fifo_head_visible(qid, group, &removed)?;
+                self.queue_mut(name)?
+                    .groups
+                    .on_remove_head(group, next, now);
+            }
+            if self.has_dead_letter_sources(name) {
+                let record = self.read_message(qid, seq)?;
+                self.release_dead_letter_count(&record)?;
+            }
+            outcomes.push(Ok(()));
+        }
+        let ticket = self.write(batch)?;
+        Ok((outcomes, ticket, notify))
+    }
+
+    fn has_dead_letter_sources(&self, name: &str) -> bool {
+        self.queues.values().any(|q| {
+            q.config
+                .dead_letter_queue
+                .as_ref()
+                .is_some_and(|d| d.as_str() == name)
+        })
+    }
+
+    pub(crate) fn nack(
+        &mut self,
+        name: &str,
+        receipts: &[String],
+        nack: &Nack,
+        now: u64,
+    ) -> Result<(Vec<ReceiptOutcome>, Ticket, Vec<Waker>)> {
+        let mut batch = self.store.batch();
+        let mut outcomes = Vec::with_capacity(receipts.len());
+        let mut woken = vec![self.queue(name)?.notify.clone()];
+        let mut removed = HashSet::new();
+        for receipt in receipts {
+            let seq = match self.check_receipt(name, receipt) {
+                Ok((seq, _)) => seq,
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            };
+            let cause = ReleaseCause::Nacked {
+                delay_ms: nack.delay.map(HumanDuration::as_millis),
+                reason: nack.reason.clone(),
+            };
+            if let Some(w) = self.release_lease(&mut batch, name, seq, cause, &mut removed, now)? {
+                woken.push(w);
+            }
+            outcomes.push(Ok(()));
+        }
+        let ticket = self.write(batch)?;
+        Ok((outcomes, ticket, woken))
+    }
+
+    /// Ends the lease on `seq` for `cause`: the message is retried or dead-lettered. Returns
+    /// the dead-letter queue's waker when a message moved there.
+    fn release_lease(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        seq: u64,
+        cause: ReleaseCause,
+        removed: &mut HashSet<u64>,
+        now: u64,
+    ) -> Result<Option<Waker>> {
+        let jitter: f64 = self.rng.random();
+        let q = self.queue_mut(name)?;
+        let qid = q.qid;
+        let lease = q.leases.remove(seq).ok_or(Error::ReceiptStale)?;
+        q.counters.leased -= 1;
+        let config = q.config.clone();
+        self.dirty.insert(qid);
+        batch.delete(
+            &self.ks.index,
+            codec::index_key(
+                qid,
+                kind::LEASE,
+                &[&lease.deadline_ms.to_be_bytes(), &seq.to_be_bytes()],
+            ),
+        );
+        let mut state = self.read_state(qid, seq)?;
+        match delivery::release(&config, state.receive_count, cause, now, jitter) {
+            Release::Retry { at_ms } => {
+                state.visible_at = at_ms;
+                let q = self
+                    .queues
+                    .get_mut(name)
+                    .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
+                state.location = if let Some(group) = &lease.group {
+                    q.counters.ready += 1;
+                    q.groups.on_release(group, at_ms, now);
+                    Location::Fifo
+                } else if at_ms > now {
+                    batch.put(
+                        &self.ks.index,
+                        codec::index_key(
+                            qid,
+                            kind::DELAYED,
+                            &[&at_ms.to_be_bytes(), &seq.to_be_bytes()],
+                        ),
+                        Vec::new(),
+                    );
+                    q.counters.delayed += 1;
+                    q.delayed_next_due = Some(q.delayed_next_due.map_or(at_ms, |d| d.min(at_ms)));
+                    Location::Delayed(at_ms)
+                } else {
+                    Location::Ready(push_ready(&self.ks.index, batch, q, seq))
+                };
+                batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+                Ok(None)
+            }
+            Release::DeadLetter(reason) => {
+                let dlq_name = config
+                    .dead_letter_queue
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .ok_or_else(|| Error::NoDeadLetterQueue(name.to_owned()))?;
+                let dlq_qid = self.queue(&dlq_name)?.qid;
+                let mut record = self.read_message(qid, seq)?;
+                batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+                batch.delete(&self.ks.state, codec::msg_key(qid, seq));
+                removed.insert(seq);
+                if let Some(group) = &lease.group {
+                    batch.delete(
+                        &self.ks.index,
+                        codec::index_key(
+                            qid,
+                            kind::FIFO,
+                            &[&codec::group_part(group), &seq.to_be_bytes()],
+                        ),
+                    );
+                    if config.park_group_on_dead_letter {
+                        batch.put(
+                            &self.ks.index,
+                            codec::index_key(qid, kind::PARKED, &[&codec::group_part(group)]),
+                            Vec::new(),
+                        );
+                        self.queue_mut(name)?.groups.park(group);
+                    }
+                    let next = self.fifo_head_visible(qid, group, removed)?;
+                    self.queue_mut(name)?
+                        .groups
+                        .on_remove_head(group, next, now);
+                }
+                // A message dead-lettered twice (from a DLQ with its own DLQ) frees its
+                // first source's count.
+                self.release_dead_letter_count(&record)?;
+                let (error, reason_code) = match &reason {
+                    DeadLetterReason::Error(text) => (Some(text.clone()), reason.code()),
+                    _ => (None, reason.code()),
+                };
+                record.dead_letter = Some(DeadLetter {
+                    source_qid: qid,
+                    source_queue: name.to_owned(),
+                    reason: reason_code.to_owned(),
+                    error,
+                    attempts: state.receive_count,
+                    at_ms: now,
+                });
+                self.queue_mut(name)?.counters.dead_lettered += 1;
+                self.insert_message(batch, dlq_qid, seq, &record, now, 0, 0, now)?;
+                tracing::debug!(queue = name, dead_letter_queue = %dlq_name, reason = reason_code, "message dead-lettered");
+                Ok(Some(self.queue(&dlq_name)?.notify.clone()))
+            }
+        }
+    }
+
+    pub(crate) fn extend(
+        &mut self,
+        name: &str,
+        receipts: &[String],
+        lease_timeout: HumanDuration,
+        now: u64,
+    ) -> Result<(Vec<ReceiptOutcome>, Ticket)> {
+        let qid = self.queue(name)?.qid;
+        let mut batch = self.store.batch();
+        let mut outcomes = Vec::with_capacity(receipts.len());
+        let deadline = now + lease_timeout.as_millis();
+        for receipt in receipts {
+            let seq = match self.check_receipt(name, receipt) {
+                Ok((seq, _)) => seq,
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            };
+            let q = self.queue_mut(name)?;
+            let old = q
+                .leases
+                .get(seq)
+                .map(|l| l.deadline_ms)
+                .ok_or(Error::ReceiptStale)?;
+            q.leases.extend(seq, deadline);
+            batch.delete(
+                &self.ks.index,
+                codec::index_key(qid, kind::LEASE, &[&old.to_be_bytes(), &seq.to_be_bytes()]),
+            );
+            batch.put(
+                &self.ks.index,
+                codec::index_key(
+                    qid,
+                    kind::LEASE,
+                    &[&deadline.to_be_bytes(), &seq.to_be_bytes()],
+                ),
+                Vec::new(),
+            );
+            let mut state = self.read_state(qid, seq)?;
+            state.location = Location::Leased(deadline);
+            batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+            outcomes.push(Ok(()));
+        }
+        let ticket = self.write(batch)?;
+        Ok((outcomes, ticket))
+    }
+
+    // ---- removal: purge, retention, redrive ----
+
+    /// Removes message `seq` from queue `name` wherever it is. `expired` counts it as
+    /// dropped by retention.
+    fn remove_message(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        seq: u64,
+        removed: &mut HashSet<u64>,
+        now: u64,
+    ) -> Result<MessageRecord> {
+        let qid = self.queue(name)?.qid;
+        let record = self.read_message(qid, seq)?;
+        let state = self.read_state(qid, seq)?;
+        batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+        batch.delete(&self.ks.state, codec::msg_key(qid, seq));
+        removed.insert(seq);
+        let group = record.group.clone().unwrap_or_default();
+        let fifo = self.queue(name)?.config.fifo;
+        match state.location {
+            Location::Ready(rseq) => {
+                batch.delete(
+                    &self.ks.index,
+                    codec::index_key(qid, kind::READY, &[&rseq.to_be_bytes()]),
+                );
+                let q = self.queue_mut(name)?;
+                q.counters.ready -= 1;
+                q.window.retain(|(r, _)| *r != rseq);
+            }
+            Location::Delayed(due) => {
+                batch.delete(
+                    &self.ks.index,
+                    codec::index_key(
+                        qid,
+                        kind::DELAYED,
+                        &[&due.to_be_bytes(), &seq.to_be_bytes()],
+                    ),
+                );
+                self.queue_mut(name)?.counters.delayed -= 1;
+            }
+            Location::Leased(deadline) => {
+                batch.delete(
+                    &self.ks.index,
+                    codec::index_key(
+                        qid,
+                        kind::LEASE,
+                        &[&deadline.to_be_bytes(), &seq.to_be_bytes()],
+                    ),
+                );
+                let q = self.queue_mut(name)?;
+                q.counters.leased -= 1;
+                q.leases.remove(seq);
+            }
+            Location::Fifo => {
+                self.queue_mut(name)?.counters.ready -= 1;
+            }
+        }
+        if fifo {
+            batch.delete(
+                &self.ks.index,
+                codec::index_key(
+                    qid,
+                    kind::FIFO,
+                    &[&codec::group_part(&group), &seq.to_be_bytes()],
+                ),
+            );
+            let next = self.fifo_head_visible(qid, &group, removed)?;
+            self.queue_mut(name)?
+                .groups
+                .on_remove_head(&group, next, now);
+        }
+        self.dirty.insert(qid);
+        self.release_dead_letter_count(&record)?;
+        Ok(record)
+    }
+
+    pub(crate) fn purge(&mut self, name: &str) -> Result<(u64, Ticket)> {
+        let qid = self.queue(name)?.qid;
+        let mut total = 0;
+        let start = codec::msg_key(qid, 0);
+        let end = codec::prefix_end(&codec::queue_prefix(qid));
+        loop {
+            let keys = self.ks.msg.keys(&start, &end, PURGE_CHUNK)?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = self.store.batch();
+            let mut removed = HashSet::new();
+            for k in &keys {
+                let seq = codec::u64_at(k, 8)?;
+                self.remove_message(&mut batch, name, seq, &mut removed, 0)?;
+                total += 1;
+            }
+            self.write(batch)?;
+        }
+        let q = self.queue_mut(name)?;
+        q.window.clear();
+        q.window_complete = true;
+        q.delayed_next_due = None;
+        q.leases.clear();
+        q.groups.clear();
+        self.dirty.insert(qid);
+        let ticket = self.write(self.store.batch())?;
+        Ok((total, ticket))
+    }
+
+    pub(crate) fn redrive(
+        &mut self,
+        name: &str,
+        max: u64,
+        now: u64,
+    ) -> Result<(Redrive, Ticket, Waker)> {
+        let q = self.queue(name)?;
+        let (qid, notify) = (q.qid, q.notify.clone());
+        let dlq_name = q
+            .config
+            .dead_letter_queue
+            .as_ref()
+            .map(|n| n.to_string())
+            .ok_or_else(|| Error::NoDeadLetterQueue(name.to_owned()))?;
+        let dlq_qid = self.queue(&dlq_name)?.qid;
+        let mut batch = self.store.batch();
+        let mut moved = 0u64;
+        let mut removed = HashSet::new();
+        let mut from = 0u64;
+        let end = codec::prefix_end(&codec::queue_prefix(dlq_qid));
+        'scan: while moved < max {
+            let entries = self
+                .ks
+                .msg
+                .range(&codec::msg_key(dlq_qid, from), &end, 1_000)?;
+            if entries.is_empty() {
+                break;
+            }
+            for (k, v) in &entries {
+                if moved >= max {
+                    break 'scan;
+                }
+                let seq = codec::u64_at(k, 8)?;
+                from = seq + 1;
+                let record = MessageRecord::decode(v)?;
+                if record
+                    .dead_letter
+                    .as_ref()
+                    .is_none_or(|d| d.source_qid != qid)
+                {
+                    continue;
+                }
+                if self.queue(&dlq_name)?.leases.get(seq).is_some() {
+                    // Someone is inspecting it in the dead-letter queue; leave it there.
+                    continue;
+                }
+                let mut record =
+                    self.remove_message(&mut batch, &dlq_name, seq, &mut removed, now)?;
+                if let Some(group) = &record.group
+                    && self.queue(name)?.config.fifo
+                {
+                    batch.delete(
+                        &self.ks.index,
+                        codec::index_key(qid, kind::PARKED, &[&codec::group_part(group)]),
+                    );
+                    self.queue_mut(name)?.groups.unpark(group, now);
+                }
+                record.dead_letter = None;
+                self.insert_message(&mut batch, qid, seq, &record, now, 0, 0, now)?;
+                moved += 1;
+            }
+        }
+        let ticket = self.write(batch)?;
+        let remaining = self.queue(name)?.counters.dead_lettered;
+        Ok((Redrive { moved, remaining }, ticket, notify))
+    }
+
+    // ---- background work ----
+
+    pub(crate) fn tick(&mut self, now: u64) -> Result<(Ticket, Vec<Waker>)> {
+        // Each kind of work writes its own batch: later work reads what earlier work wrote.
+        let mut woken = Vec::new();
+        let mut ticket = self.flush(self.store.batch())?;
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in names {
+            let mut wake = false;
+            let mut batch = self.store.batch();
+            wake |= self.promote_delayed(&mut batch, &name, now)?;
+            self.flush(batch)?;
+            let mut batch = self.store.batch();
+            let mut removed = HashSet::new();
+            let expired = self.queue(&name)?.leases.expired(now, TICK_BATCH);
+            for seq in expired {
+                if let Some(w) = self.release_lease(
+                    &mut batch,
+                    &name,
+                    seq,
+                    ReleaseCause::LeaseExpired,
+                    &mut removed,
+                    now,
+                )? {
+                    woken.push(w);
+                }
+                wake = true;
+            }
+            self.flush(batch)?;
+            if self.queue(&name)?.config.fifo
+                && self
+                    .queue(&name)?
+                    .groups
+                    .next_unblock()
+                    .is_some_and(|t| t <= now)
+            {
+                wake = true;
+            }
+            let mut batch = self.store.batch();
+            self.enforce_retention(&mut batch, &name, &mut HashSet::new(), now)?;
+            self.expire_dedup(&mut batch, &name, now)?;
+            ticket = self.flush(batch)?;
+            if wake {
+                woken.push(self.queue(&name)?.notify.clone());
+            }
+        }
+        Ok((ticket, woken))
+    }
+
+    /// Writes `batch` (with counters) if anything changed; the ticket covers all writes so far.
+    fn flush(&mut self, batch: Batch) -> Result<Ticket> {
+        if batch.is_empty() && self.dirty.is_empty() {
+            Ok(self.store.write(batch)?)
+        } else {
+            self.write(batch)
+        }
+    }
+
+    fn promote_delayed(&mut self, batch: &mut Batch, name: &str, now: u64) -> Result<bool> {
+        let q = self.queue(name)?;
+        let qid = q.qid;
+        if q.config.fifo || q.delayed_next_due.is_none_or(|d| d > now) {
+            return Ok(false);
+        }
+        let start = codec::index_key(qid, kind::DELAYED, &[]);
+        let due_end = codec::index_key(qid, kind::DELAYED, &[&(now + 1).to_be_bytes()]);
+        let keys = self.ks.index.keys(&start, &due_end, TICK_BATCH)?;
+        for key in &keys {
+            let seq = codec::u64_at(key, 17)?;
+            batch.delete(&self.ks.index, key.to_vec());
+            let mut state = self.read_state(qid, seq)?;
+            let q = self
+                .queues
+                .get_mut(name)
+                .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
+            q.counters.delayed -= 1;
+            state.location = Location::Ready(push_ready(&self.ks.index, batch, q, seq));
+            batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+        }
+        self.dirty.insert(qid);
+        let next_due = if keys.len() == TICK_BATCH {
+            Some(now)
+        } else {
+            let end = codec::prefix_end(&start);
+            self.ks
+                .index
+                .keys(&due_end, &end, 1)?
+                .first()
+                .map(|k| codec::u64_at(k, 9))
+                .transpose()?
+        };
+        self.queue_mut(name)?.delayed_next_due = next_due;
+        Ok(!keys.is_empty())
+    }
+
+    fn enforce_retention(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        removed: &mut HashSet<u64>,
+        now: u64,
+    ) -> Result<()> {
+        let q = self.queue_mut(name)?;
+        if now < q.retention_next_check {
+            return Ok(());
+        }
+        q.retention_next_check = now + RETENTION_CHECK_MS;
+        let (qid, retention, hint) = (q.qid, q.config.retention.as_millis(), q.retention_hint);
+        let end = codec::prefix_end(&codec::queue_prefix(qid));
+        let entries = self
+            .ks
+            .msg
+            .range(&codec::msg_key(qid, hint), &end, TICK_BATCH)?;
+        let mut next_hint = None;
+        for (k, v) in &entries {
+            let seq = codec::u64_at(k, 8)?;
+            if removed.contains(&seq) {
+                continue;
+            }
+            let record = MessageRecord::decode(v)?;
+            if !delivery::is_expired(record.sent_ms, retention, now) {
+                next_hint = Some(seq);
+                break;
+            }
+            self.remove_message(batch, name, seq, removed, now)?;
+            let q = self.queue_mut(name)?;
+            q.counters.expired_total += 1;
+            q.retention_next_check = now;
+        }
+        let q = self.queue_mut(name)?;
+        match next_hint {
+            Some(seq) => q.retention_hint = seq,
+            None if entries.len() < TICK_BATCH => {
+                q.retention_hint = entries.last().map_or(q.retention_hint, |(k, _)| {
+                    codec::u64_at(k, 8).unwrap_or(0) + 1
+                })
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn expire_dedup(&mut self, batch: &mut Batch, name: &str, now: u64) -> Result<()> {
+        let qid = self.queue(name)?.qid;
+        let start = codec::index_key(qid, kind::DEDUP_EXPIRY, &[]);
+        let end = codec::index_key(qid, kind::DEDUP_EXPIRY, &[&(now + 1).to_be_bytes()]);
+        for key in self.ks.index.keys(&start, &end, TICK_BATCH)? {
+            let expires = codec::u64_at(&key, 9)?;
+            let id = &key[17..];
+            let dedup_key = codec::index_key(qid, kind::DEDUP, &[id]);
+            // The id may have been reused after expiry; only its own entry goes.
+            if let Some(v) = self.ks.index.get(&dedup_key)?
+                && v.len() >= 8
+                && v[..8] == expires.to_le_bytes()
+            {
+                batch.delete(&self.ks.index, dedup_key);
+            }
+            batch.delete(&self.ks.index, key.to_vec());
+        }
+        Ok(())
+    }
+}
+
+/// Appends `seq` to the ready index of standard queue `q`; returns its ready sequence.
+fn push_ready(index: &Keyspace, batch: &mut Batch, q: &mut QueueState, seq: u64) -> u64 {
+    let rseq = q.counters.next_rseq;
+    q.counters.next_rseq += 1;
+    batch.put(
+        index,
+        codec::index_key(q.qid, kind::READY, &[&rseq.to_be_bytes()]),
+        seq.to_le_bytes().to_vec(),
+    );
+    q.counters.ready += 1;
+    if q.window_complete && q.window.len() < WINDOW_MAX {
+        q.window.push_back((rseq, seq));
+        q.window_scan_next = rseq + 1;
+    } else {
+        q.window_complete = false;
+    }
+    rseq
+}
+
+fn split_fifo_key(key: &[u8]) -> Result<(&[u8], u64)> {
+    let len = *key.get(9).ok_or(Corrupt { what: "fifo key" })? as usize;
+    let part = key.get(9..10 + len).ok_or(Corrupt { what: "fifo key" })?;
+    let seq = codec::u64_at(key, 10 + len)?;
+    Ok((part, seq))
+}
+
+fn group_from_part(part: &[u8]) -> Result<String> {
+    String::from_utf8(part[1..].to_vec()).map_err(|_| Error::Corrupt(Corrupt { what: "group" }))
+}
+
+/// Reads 8 little-endian bytes at `at` as a big-endian array, for `codec::u64_at`.
+fn le_to_be(v: &[u8], at: usize) -> Result<[u8; 8]> {
+    let b: [u8; 8] = v
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Corrupt {
+            what: "dedup entry",
+        })?;
+    Ok(u64::from_le_bytes(b).to_be_bytes())
+}
+
+fn valid_key(field: &str, v: &str) -> Result<()> {
+    if v.is_empty() || v.len() > KEY_LEN_MAX || v.chars().any(|c| c.is_control()) {
+        return Err(Error::InvalidMessage(format!(
+            "{field} must be 1..={KEY_LEN_MAX} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_message(m: &NewMessage, config: &QueueConfig) -> Result<()> {
+    let size = m.body.len() + m.attributes.len();
+    if size as u64 > config.max_message_size.0 {
+        return Err(Error::MessageTooLarge {
+            size,
+            max: config.max_message_size.0,
+        });
+    }
+    if let Some(g) = &m.group {
+        valid_key("group", g)?;
+    }
+    if let Some(d) = &m.dedup_id {
+        valid_key("dedup_id", d)?;
+    }
+    if let Some(d) = m.delay
+        && d > config::limits::DELAY_MAX
+    {
+        return Err(Error::OutOfRange {
+            field: "delay",
+            value: d,
+            min: HumanDuration::ZERO,
+            max: config::limits::DELAY_MAX,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,545 @@
+//! Tests of the engine through the broker, on a real store and a manual clock.
+
+use std::sync::Arc;
+
+use sluice_store::{Durability, Options as StoreOptions, Store};
+use sluice_types::{HumanDuration, ManualClock, Name};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Broker, Delivery, Error, Nack, NewMessage, Options, QueueConfig, SendOutcome};
+
+const T0: u64 = 1_700_000_000_000;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    broker: Option<Broker>,
+}
+
+fn open_broker(dir: &std::path::Path, clock: &ManualClock) -> Broker {
+    let store = Store::open(
+        dir,
+        StoreOptions {
+            durability: Durability::Relaxed,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    Broker::open(
+        store,
+        Arc::new(clock.clone()),
+        &Options {
+            seed: Some(7),
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
+impl Fixture {
+    fn b(&self) -> &Broker {
+        self.broker.as_ref().expect("broker is open")
+    }
+
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let broker = open_broker(dir.path(), &clock);
+        Self {
+            dir,
+            clock,
+            broker: Some(broker),
+        }
+    }
+
+    /// Drops the broker and opens the same data directory again, as after a crash.
+    fn reopen(&mut self) {
+        self.broker = None;
+        self.broker = Some(open_broker(self.dir.path(), &self.clock));
+    }
+
+    async fn queue(&self, name: &str, config: QueueConfig) {
+        self.b()
+            .put_queue(&Name::new(name).unwrap(), config)
+            .await
+            .unwrap();
+    }
+
+    async fn send(&self, queue: &str, bodies: &[&str]) -> Vec<String> {
+        let msgs = bodies.iter().map(|b| msg(b)).collect();
+        ids(self.b().send(queue, msgs).await.unwrap())
+    }
+
+    async fn receive(&self, queue: &str, max: usize) -> Vec<Delivery> {
+        self.b()
+            .receive(
+                queue,
+                max,
+                HumanDuration::ZERO,
+                None,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn advance(&self, ms: u64) {
+        self.clock.advance(ms);
+        self.b().tick().await.unwrap();
+    }
+
+    fn stats(&self, queue: &str) -> (u64, u64, u64, u64) {
+        let s = self.b().get_queue(queue).unwrap().stats;
+        (s.visible, s.leased, s.delayed, s.dead_lettered)
+    }
+}
+
+fn msg(body: &str) -> NewMessage {
+    NewMessage {
+        body: format!("\"{body}\"").into_bytes(),
+        attributes: b"{}".to_vec(),
+        ..NewMessage::default()
+    }
+}
+
+fn grouped(body: &str, group: &str) -> NewMessage {
+    NewMessage {
+        group: Some(group.into()),
+        ..msg(body)
+    }
+}
+
+fn ids(outcomes: Vec<SendOutcome>) -> Vec<String> {
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            SendOutcome::Sent(id) | SendOutcome::Duplicate(id) => id,
+            SendOutcome::Failed(e) => panic!("send failed: {e}"),
+        })
+        .collect()
+}
+
+fn bodies(d: &[Delivery]) -> Vec<String> {
+    d.iter()
+        .map(|m| {
+            String::from_utf8(m.body.clone())
+                .unwrap()
+                .trim_matches('"')
+                .to_owned()
+        })
+        .collect()
+}
+
+fn receipts(d: &[Delivery]) -> Vec<String> {
+    d.iter().map(|m| m.receipt.clone()).collect()
+}
+
+fn no_backoff() -> crate::Backoff {
+    crate::Backoff {
+        initial: HumanDuration::ZERO,
+        max: HumanDuration::ZERO,
+        ..crate::Backoff::default()
+    }
+}
+
+#[tokio::test]
+async fn send_receive_ack_in_order_and_acked_messages_are_gone() {
+    let f = Fixture::new();
+    f.queue("q", QueueConfig::default()).await;
+    f.send("q", &["a", "b", "c"]).await;
+    assert_eq!(f.stats("q"), (3, 0, 0, 0));
+    let got = f.receive("q", 2).await;
+    assert_eq!(bodies(&got), ["a", "b"]);
+    assert_eq!(got[0].receive_count, 1);
+    assert_eq!(got[0].first_receive_ms, T0);
+    assert_eq!(f.stats("q"), (1, 2, 0, 0));
+    let acked = f.b().ack("q", &receipts(&got)).await.unwrap();
+    assert!(acked.iter().all(Result::is_ok));
+    // Acking again is stale.
+    let again = f.b().ack("q", &receipts(&got)).await.unwrap();
+    assert!(matches!(again[0], Err(Error::ReceiptStale)));
+    assert_eq!(bodies(&f.receive("q", 10).await), ["c"]);
+    assert_eq!(f.stats("q"), (0, 1, 0, 0));
+}
+
+#[tokio::test]
+async fn an_expired_lease_redelivers_after_backoff_and_the_old_receipt_is_stale() {
+    let f = Fixture::new();
+    let config = QueueConfig {
+        lease_timeout: HumanDuration::from_secs(10),
+        backoff: crate::Backoff {
+            initial: HumanDuration::from_secs(2),
+            jitter: 0.0,
+            ..crate::Backoff::default()
+        },
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.send("q", &["a"]).await;
+    let first = f.receive("q", 1).await;
+    f.advance(9_999).await;
+    assert!(f.receive("q", 1).await.is_empty(), "lease still held");
+    f.advance(1).await;
+    assert_eq!(f.stats("q"), (0, 0, 1, 0), "released into backoff");
+    f.advance(1_999).await;
+    assert!(f.receive("q", 1).await.is_empty(), "still backing off");
+    f.advance(1).await;
+    let second = f.receive("q", 1).await;
+    assert_eq!(second[0].receive_count, 2);
+    assert_eq!(second[0].first_receive_ms, T0);
+    let out = f.b().ack("q", &receipts(&first)).await.unwrap();
+    assert!(
+        matches!(out[0], Err(Error::ReceiptStale)),
+        "old receipt must not ack the new lease"
+    );
+    assert_eq!(f.stats("q"), (0, 1, 0, 0));
+    assert!(f.b().ack("q", &receipts(&second)).await.unwrap()[0].is_ok());
+}
+
+#[tokio::test]
+async fn leases_survive_restart_and_expire_on_time() {
+    let mut f = Fixture::new();
+    f.queue(
+        "q",
+        QueueConfig {
+            backoff: no_backoff(),
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    f.send("q", &["a", "b"]).await;
+    let got = f.receive("q", 1).await;
+    f.reopen();
+    assert_eq!(f.stats("q"), (1, 1, 0, 0));
+    let b = f.receive("q", 10).await;
+    assert_eq!(bodies(&b), ["b"]);
+    f.b().ack("q", &receipts(&b)).await.unwrap();
+    f.advance(29_000).await;
+    assert!(
+        f.receive("q", 10).await.is_empty(),
+        "not earlier than the lease"
+    );
+    f.advance(1_000).await;
+    let again = f.receive("q", 10).await;
+    assert_eq!(bodies(&again), ["a"], "not never");
+    assert_eq!(again[0].receive_count, 2);
+    assert!(matches!(
+        f.b().ack("q", &receipts(&got)).await.unwrap()[0],
+        Err(Error::ReceiptStale)
+    ));
+}
+
+#[tokio::test]
+async fn exhausted_messages_move_to_the_dead_letter_queue_and_redrive_back() {
+    let f = Fixture::new();
+    f.queue("dlq", QueueConfig::default()).await;
+    let config = QueueConfig {
+        max_attempts: Some(2),
+        dead_letter_queue: Some(Name::new("dlq").unwrap()),
+        backoff: no_backoff(),
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    let sent = f.send("q", &["poison"]).await;
+    for attempt in 1..=2 {
+        let got = f.receive("q", 1).await;
+        assert_eq!(bodies(&got), ["poison"], "attempt {attempt}");
+        let nack = Nack {
+            delay: Some(HumanDuration::ZERO),
+            reason: Some("card declined".into()),
+        };
+        f.b().nack("q", &receipts(&got), nack).await.unwrap();
+    }
+    assert_eq!(f.stats("q"), (0, 0, 0, 1));
+    f.send("q", &["fine"]).await;
+    let dead = f.receive("dlq", 10).await;
+    assert_eq!(dead[0].id, sent[0], "the id survives dead-lettering");
+    let info = dead[0].dead_letter.clone().unwrap();
+    assert_eq!(
+        (info.source_queue.as_str(), info.reason.as_str()),
+        ("q", "error")
+    );
+    assert_eq!(
+        (info.error.as_deref(), info.attempts),
+        (Some("card declined"), 2)
+    );
+    // Leased in the DLQ: redrive leaves it alone.
+    assert_eq!(f.b().redrive("q", 10).await.unwrap().moved, 0);
+    f.b()
+        .nack(
+            "dlq",
+            &receipts(&dead),
+            Nack {
+                delay: Some(HumanDuration::ZERO),
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
+    let r = f.b().redrive("q", 10).await.unwrap();
+    assert_eq!((r.moved, r.remaining), (1, 0));
+    assert_eq!(f.stats("q"), (2, 0, 0, 0));
+    assert_eq!(f.stats("dlq"), (0, 0, 0, 0));
+    let back = f.receive("q", 10).await;
+    assert_eq!(bodies(&back), ["fine", "poison"]);
+    assert_eq!(
+        back[1].receive_count, 1,
+        "redrive starts the attempts afresh"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_that_keeps_expiring_dead_letters_with_that_reason() {
+    let f = Fixture::new();
+    f.queue("dlq", QueueConfig::default()).await;
+    let config = QueueConfig {
+        max_attempts: Some(1),
+        dead_letter_queue: Some(Name::new("dlq").unwrap()),
+        lease_timeout: HumanDuration::from_secs(1),
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.send("q", &["slow"]).await;
+    f.receive("q", 1).await;
+    f.advance(1_000).await;
+    let dead = f.receive("dlq", 1).await;
+    assert_eq!(
+        dead[0].dead_letter.as_ref().unwrap().reason,
+        "lease_expired"
+    );
+    // The DLQ's own ack frees the source's dead-lettered count.
+    assert_eq!(f.stats("q").3, 1);
+    f.b().ack("dlq", &receipts(&dead)).await.unwrap();
+    assert_eq!(f.stats("q").3, 0);
+}
+
+#[tokio::test]
+async fn fifo_groups_deliver_in_order_one_lease_each_and_poison_blocks_only_its_group() {
+    let f = Fixture::new();
+    f.queue(
+        "dlq",
+        QueueConfig {
+            fifo: true,
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    let config = QueueConfig {
+        fifo: true,
+        max_attempts: Some(2),
+        dead_letter_queue: Some(Name::new("dlq").unwrap()),
+        backoff: crate::Backoff {
+            jitter: 0.0,
+            ..crate::Backoff::default()
+        },
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    let msgs = vec![
+        grouped("a1", "a"),
+        grouped("a2", "a"),
+        grouped("b1", "b"),
+        grouped("b2", "b"),
+    ];
+    f.b().send("q", msgs).await.unwrap();
+    let first = f.receive("q", 10).await;
+    assert_eq!(bodies(&first), ["a1", "b1"], "one per group");
+    assert!(f.receive("q", 10).await.is_empty(), "both groups leased");
+    // a1 fails; b continues meanwhile.
+    f.b()
+        .nack("q", &receipts(&first[..1]), Nack::default())
+        .await
+        .unwrap();
+    f.b().ack("q", &receipts(&first[1..])).await.unwrap();
+    assert_eq!(bodies(&f.receive("q", 10).await), ["b2"]);
+    f.advance(1_000).await;
+    let retry = f.receive("q", 10).await;
+    assert_eq!(bodies(&retry), ["a1"], "a1 again before a2");
+    f.b()
+        .nack("q", &receipts(&retry), Nack::default())
+        .await
+        .unwrap();
+    // Exhausted: a1 goes to the DLQ and its group moves on.
+    assert_eq!(bodies(&f.receive("q", 10).await), ["a2"]);
+    assert_eq!(bodies(&f.receive("dlq", 10).await), ["a1"]);
+}
+
+#[tokio::test]
+async fn fifo_parked_group_waits_for_redrive() {
+    let mut f = Fixture::new();
+    f.queue(
+        "dlq",
+        QueueConfig {
+            fifo: true,
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    let config = QueueConfig {
+        fifo: true,
+        max_attempts: Some(1),
+        dead_letter_queue: Some(Name::new("dlq").unwrap()),
+        park_group_on_dead_letter: true,
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.b()
+        .send(
+            "q",
+            vec![grouped("a1", "a"), grouped("a2", "a"), grouped("b1", "b")],
+        )
+        .await
+        .unwrap();
+    let first = f.receive("q", 10).await;
+    f.b()
+        .nack("q", &receipts(&first[..1]), Nack::default())
+        .await
+        .unwrap();
+    f.b().ack("q", &receipts(&first[1..])).await.unwrap();
+    assert!(f.receive("q", 10).await.is_empty(), "group a is parked");
+    f.reopen();
+    assert!(
+        f.receive("q", 10).await.is_empty(),
+        "still parked after restart"
+    );
+    assert_eq!(f.b().redrive("q", 10).await.unwrap().moved, 1);
+    assert_eq!(
+        bodies(&f.receive("q", 10).await),
+        ["a1"],
+        "redriven head first"
+    );
+}
+
+#[tokio::test]
+async fn dedup_ids_suppress_repeats_within_the_window_only() {
+    let f = Fixture::new();
+    f.queue(
+        "q",
+        QueueConfig {
+            dedup_window: HumanDuration::from_secs(60),
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    let with_id = |b: &str| NewMessage {
+        dedup_id: Some("order-1".into()),
+        ..msg(b)
+    };
+    let out = f
+        .b()
+        .send("q", vec![with_id("x"), with_id("y")])
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], SendOutcome::Sent(_)));
+    assert!(matches!(&out[1], SendOutcome::Duplicate(id) if *id == ids(out.clone())[0]));
+    f.advance(59_999).await;
+    assert!(matches!(
+        &f.b().send("q", vec![with_id("z")]).await.unwrap()[0],
+        SendOutcome::Duplicate(_)
+    ));
+    f.advance(1).await;
+    assert!(matches!(
+        &f.b().send("q", vec![with_id("w")]).await.unwrap()[0],
+        SendOutcome::Sent(_)
+    ));
+    assert_eq!(bodies(&f.receive("q", 10).await), ["x", "w"]);
+    assert_eq!(f.b().get_queue("q").unwrap().stats.dedup_hits_total, 2);
+}
+
+#[tokio::test]
+async fn delayed_messages_appear_when_due_and_retention_drops_old_ones() {
+    let f = Fixture::new();
+    f.queue(
+        "q",
+        QueueConfig {
+            retention: HumanDuration::from_secs(60),
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    let delayed = NewMessage {
+        delay: Some(HumanDuration::from_secs(5)),
+        ..msg("later")
+    };
+    f.b().send("q", vec![delayed, msg("now")]).await.unwrap();
+    assert_eq!(f.stats("q"), (1, 0, 1, 0));
+    assert_eq!(bodies(&f.receive("q", 10).await), ["now"]);
+    f.advance(5_000).await;
+    assert_eq!(f.stats("q"), (1, 1, 0, 0));
+    f.send("q", &["old"]).await;
+    f.advance(61_000).await;
+    let s = f.b().get_queue("q").unwrap().stats;
+    assert_eq!((s.visible, s.leased, s.expired_total), (0, 0, 3), "{s:?}");
+    assert_eq!(s.oldest_age_ms, None);
+}
+
+#[tokio::test]
+async fn purge_and_delete_remove_everything() {
+    let f = Fixture::new();
+    f.queue("q", QueueConfig::default()).await;
+    f.send("q", &["a", "b", "c"]).await;
+    let leased = f.receive("q", 1).await;
+    assert_eq!(f.b().purge("q").await.unwrap(), 3);
+    assert_eq!(f.stats("q"), (0, 0, 0, 0));
+    assert!(matches!(
+        f.b().ack("q", &receipts(&leased)).await.unwrap()[0],
+        Err(Error::ReceiptStale)
+    ));
+    f.send("q", &["d"]).await;
+    assert_eq!(bodies(&f.receive("q", 10).await), ["d"]);
+    f.b().delete_queue("q").await.unwrap();
+    assert!(matches!(f.b().get_queue("q"), Err(Error::QueueNotFound(_))));
+    f.queue("q", QueueConfig::default()).await;
+    assert!(
+        f.receive("q", 10).await.is_empty(),
+        "a new queue of the same name starts empty"
+    );
+}
+
+#[tokio::test]
+async fn receipts_of_other_queues_and_garbage_are_told_apart() {
+    let f = Fixture::new();
+    f.queue("a", QueueConfig::default()).await;
+    f.queue("b", QueueConfig::default()).await;
+    f.send("a", &["x"]).await;
+    let got = f.receive("a", 1).await;
+    let out = f.b().ack("b", &receipts(&got)).await.unwrap();
+    assert!(matches!(out[0], Err(Error::ReceiptForeign)));
+    let out = f.b().ack("a", &["nonsense".to_owned()]).await.unwrap();
+    assert!(matches!(out[0], Err(Error::ReceiptInvalid)));
+    // Extending keeps the lease alive past its first deadline.
+    f.b()
+        .extend("a", &receipts(&got), HumanDuration::from_secs(60))
+        .await
+        .unwrap();
+    f.advance(59_000).await;
+    assert!(f.b().ack("a", &receipts(&got)).await.unwrap()[0].is_ok());
+}
+
+#[tokio::test]
+async fn a_large_backlog_streams_through_the_ready_window_in_order() {
+    let mut f = Fixture::new();
+    f.queue("q", QueueConfig::default()).await;
+    let n = 10_000;
+    for chunk in 0..(n / 1_000) {
+        let msgs = (0..1_000)
+            .map(|i| msg(&format!("{}", chunk * 1_000 + i)))
+            .collect();
+        f.b().send("q", msgs).await.unwrap();
+    }
+    f.reopen();
+    let mut seen = 0;
+    loop {
+        let got = f.receive("q", 1_000).await;
+        if got.is_empty() {
+            break;
+        }
+        for (i, b) in bodies(&got).iter().enumerate() {
+            assert_eq!(b.parse::<usize>().unwrap(), seen + i);
+        }
+        seen += got.len();
+        f.b().ack("q", &receipts(&got)).await.unwrap();
+    }
+    assert_eq!(seen, n);
+    assert_eq!(f.stats("q"), (0, 0, 0, 0));
+}
