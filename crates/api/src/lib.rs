@@ -1,1 +1,260 @@
-//! placeholder
+//! The HTTP/JSON API of Sluice under `/v1`, with health checks and the OpenAPI document.
+//!
+//! This crate is the only one that speaks HTTP and JSON to the outside world. Handlers read
+//! bodies themselves, under a size limit, so that every malformed, oversized or mistyped
+//! request gets a problem+json answer with a stable code instead of a framework default.
+
+mod error;
+mod queues;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use sluice_broker::Broker;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, code};
+
+/// The OpenAPI document served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// API settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Largest accepted request body, in bytes.
+    pub body_size_max: usize,
+    /// Most long polls waiting at once; more get `429 too_many_long_polls`.
+    pub long_polls_max: usize,
+    /// Bearer token required on every `/v1` call, if set.
+    pub auth_token: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            body_size_max: 16 << 20,
+            long_polls_max: 1_024,
+            auth_token: None,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    options: Options,
+    long_polls: Arc<Semaphore>,
+    /// Cancelled at shutdown: long polls answer at once with what they have.
+    shutdown: CancellationToken,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(broker: Broker, options: Options, shutdown: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                broker,
+                long_polls: Arc::new(Semaphore::new(options.long_polls_max)),
+                options,
+                shutdown,
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Marks the server as draining: `/readyz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+}
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/queues", get(queues::list))
+        .route(
+            "/queues/{name}",
+            get(queues::get).put(queues::put).delete(queues::delete),
+        )
+        .route("/queues/{name}/messages", post(queues::send))
+        .route("/queues/{name}/receive", post(queues::receive))
+        .route("/queues/{name}/ack", post(queues::ack))
+        .route("/queues/{name}/nack", post(queues::nack))
+        .route("/queues/{name}/extend", post(queues::extend))
+        .route("/queues/{name}/purge", post(queues::purge))
+        .route("/queues/{name}/redrive", post(queues::redrive))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.inner.options.auth_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                code::UNAUTHORIZED,
+                "a valid bearer token is required",
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.inner.draining.load(Ordering::Acquire) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::SHUTTING_DOWN,
+            "the server is shutting down",
+        )
+        .into_response();
+    }
+    if !state.broker().is_healthy() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::STORAGE_FAILED,
+            "the store failed to persist and takes no more writes",
+        )
+        .into_response();
+    }
+    json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned())
+}
+
+async fn openapi() -> Response {
+    json_response(StatusCode::OK, OPENAPI.to_owned())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::METHOD_NOT_ALLOWED,
+        "the route does not take this method",
+    )
+}
+
+/// A JSON response from already-serialized text.
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Reads and parses a JSON body under the size limit. An empty body reads as `{}`.
+async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<T, ApiError> {
+    let limit = state.inner.options.body_size_max;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes"),
+        )
+    })?;
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(text).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
+                code::INVALID_JSON,
+                format!("request body is not valid JSON: {e}"),
+            ),
+            Category::Data => ApiError::bad_request(code::INVALID_REQUEST, e.to_string()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_document_is_json_and_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        let paths = doc["paths"].as_object().expect("paths");
+        for route in [
+            "/healthz",
+            "/readyz",
+            "/v1/openapi.json",
+            "/v1/queues",
+            "/v1/queues/{name}",
+            "/v1/queues/{name}/messages",
+            "/v1/queues/{name}/receive",
+            "/v1/queues/{name}/ack",
+            "/v1/queues/{name}/nack",
+            "/v1/queues/{name}/extend",
+            "/v1/queues/{name}/purge",
+            "/v1/queues/{name}/redrive",
+        ] {
+            assert!(
+                paths.contains_key(route),
+                "{route} missing from openapi.json"
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_code_is_documented_and_every_documented_code_exists() {
+        let doc = include_str!("../../../docs/errors.md");
+        for c in code::ALL {
+            assert!(
+                doc.contains(&format!("| `{c}` |")),
+                "{c} is not in docs/errors.md"
+            );
+        }
+        let documented = doc.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(
+            documented,
+            code::ALL.len(),
+            "docs/errors.md lists codes that do not exist"
+        );
+    }
+}

@@ -1,1 +1,147 @@
-fn main() {}
+//! The `sluice` binary: `sluice serve` runs the server; every other command is a client of
+//! a running server's HTTP API.
+
+mod client;
+mod queue;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: durable queues and the operations around them, in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on the embedded store.
+    Serve(ServeArgs),
+    /// Manage queues and their messages on a running server.
+    Queue(queue::QueueArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Acknowledge writes after fsync.
+    Strict,
+    /// Acknowledge writes once they reach the OS; see the README for the loss window.
+    Relaxed,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory of the embedded store.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// When writes are acknowledged.
+    #[arg(long, env = "SLUICE_DURABILITY", value_enum, default_value = "strict")]
+    durability: DurabilityArg,
+    /// Bearer token required on every API call; needed to listen beyond loopback.
+    #[arg(long, env = "SLUICE_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Most open client connections.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_size: usize,
+    /// Most concurrent long polls.
+    #[arg(long, default_value_t = 1024)]
+    max_long_polls: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Queue(args) => runtime.block_on(queue::run(args)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let config = sluice_server::Config {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        durability: match args.durability {
+            DurabilityArg::Strict => sluice_server::Durability::Strict,
+            DurabilityArg::Relaxed => sluice_server::Durability::Relaxed,
+        },
+        auth_token: args.auth_token,
+        connections_max: args.max_connections,
+        api: sluice_server::ApiOptions {
+            body_size_max: args.max_body_size,
+            long_polls_max: args.max_long_polls,
+            auth_token: None,
+        },
+        ..sluice_server::Config::default()
+    };
+    let durability = config.durability;
+    let data_dir = config.data_dir.clone();
+    let server = sluice_server::Server::bind(config).await?;
+    let addr = server.local_addr();
+    tracing::info!(%addr, data_dir = %data_dir.display(), ?durability, "sluice is serving");
+    // A line for scripts and tests that start the server on port 0.
+    println!("listening on http://{addr}");
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

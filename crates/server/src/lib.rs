@@ -1,1 +1,197 @@
-//! placeholder
+//! Composition root of Sluice: opens the store, recovers the broker, serves the API, and
+//! shuts everything down in order (stop intake, answer long polls, drain, persist, exit).
+
+mod listener;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use sluice_api::Options as ApiOptions;
+use sluice_broker::Broker;
+pub use sluice_store::Durability;
+use sluice_store::Store;
+use sluice_types::{SharedClock, SystemClock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Server settings; every limit is a named option.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store keeps its files.
+    pub data_dir: PathBuf,
+    /// Address to listen on. A non-loopback address needs `auth_token`.
+    pub listen: SocketAddr,
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// Bearer token required on every `/v1` call.
+    pub auth_token: Option<String>,
+    /// Most open client connections; further ones wait in the accept backlog.
+    pub connections_max: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// API limits.
+    pub api: sluice_api::Options,
+    /// Background work settings.
+    pub broker: sluice_broker::Options,
+    /// Store settings other than durability.
+    pub store: sluice_store::Options,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".sluice"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            durability: Durability::Strict,
+            auth_token: None,
+            connections_max: 1_024,
+            shutdown_grace: Duration::from_secs(10),
+            api: sluice_api::Options::default(),
+            broker: sluice_broker::Options::default(),
+            store: sluice_store::Options::default(),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "refusing to listen on non-loopback address {0} without an auth token; set --auth-token or SLUICE_AUTH_TOKEN"
+    )]
+    UnauthenticatedPublicListen(SocketAddr),
+    #[error("auth token must be at least 16 characters")]
+    WeakAuthToken,
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] sluice_store::Error),
+    #[error(transparent)]
+    Broker(#[from] sluice_broker::Error),
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A server bound to its address, not yet serving.
+pub struct Server {
+    config: Config,
+    listener: tokio::net::TcpListener,
+    store: Store,
+    broker: Broker,
+}
+
+impl Server {
+    /// Checks the config, opens the store, recovers the broker and binds the listener.
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        Self::bind_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Server::bind`], with an injected clock.
+    pub async fn bind_with_clock(config: Config, clock: SharedClock) -> Result<Self, Error> {
+        match &config.auth_token {
+            Some(t) if t.len() < 16 => return Err(Error::WeakAuthToken),
+            None if !config.listen.ip().is_loopback() => {
+                return Err(Error::UnauthenticatedPublicListen(config.listen));
+            }
+            _ => {}
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store_options = sluice_store::Options {
+            durability: config.durability,
+            ..config.store.clone()
+        };
+        let store = Store::open(&config.data_dir, store_options)?;
+        let broker = Broker::open(store.clone(), clock, &config.broker)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Self {
+            config,
+            listener,
+            store,
+            broker,
+        })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` resolves, then drains and persists.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let Server {
+            config,
+            listener,
+            store,
+            broker,
+        } = self;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(
+            broker
+                .clone()
+                .run(config.broker.clone(), cancel.child_token()),
+        );
+
+        let api_mut = config.api.clone();
+        let api_options = sluice_api::Options {
+            auth_token: config.auth_token.clone(),
+            ..api_mut
+        };
+        let long_polls = cancel.child_token();
+        let state = sluice_api::AppState::new(broker.clone(), api_options, long_polls.clone());
+        let app = sluice_api::router(state.clone());
+        let listener = listener::Limited::new(listener, config.connections_max);
+
+        let stop = cancel.clone();
+        let drain_state = state.clone();
+        let drain_broker = broker.clone();
+        let graceful = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, answering long polls");
+            drain_state.set_draining();
+            // Long polls answer now with what they have; then in-flight requests finish.
+            long_polls.cancel();
+            drain_broker.wake_all();
+            stop.cancel();
+        };
+        let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
+        let serve = tokio::spawn(async move { serve.await });
+        cancel.cancelled().await;
+        match tokio::time::timeout(config.shutdown_grace, serve).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(Error::Serve(e)),
+            Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!(
+                grace = ?config.shutdown_grace,
+                "requests still running after the grace period; stopping them"
+            ),
+        }
+        tracker.close();
+        tracker.wait().await;
+        store.sync_all()?;
+        tracing::info!("store persisted; bye");
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! API errors as RFC 9457 problem details with a stable `code`, one per failure kind.
+//! Every code is listed in `docs/errors.md`; a code is never reused for another meaning.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sluice_broker::Error as BrokerError;
+
+/// The stable error codes. Each is documented in `docs/errors.md`.
+pub mod code {
+    pub const INVALID_JSON: &str = "invalid_json";
+    pub const INVALID_REQUEST: &str = "invalid_request";
+    pub const INVALID_NAME: &str = "invalid_name";
+    pub const INVALID_CONFIG: &str = "invalid_config";
+    pub const INVALID_MESSAGE: &str = "invalid_message";
+    pub const OUT_OF_RANGE: &str = "out_of_range";
+    pub const DEAD_LETTER_QUEUE_NOT_FOUND: &str = "dead_letter_queue_not_found";
+    pub const DEAD_LETTER_QUEUE_INVALID: &str = "dead_letter_queue_invalid";
+    pub const RECEIPT_INVALID: &str = "receipt_invalid";
+    pub const RECEIPT_FOREIGN: &str = "receipt_foreign";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const QUEUE_NOT_FOUND: &str = "queue_not_found";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    pub const RECEIPT_STALE: &str = "receipt_stale";
+    pub const FIFO_IMMUTABLE: &str = "fifo_immutable";
+    pub const QUEUE_IN_USE: &str = "queue_in_use";
+    pub const NO_DEAD_LETTER_QUEUE: &str = "no_dead_letter_queue";
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    pub const MESSAGE_TOO_LARGE: &str = "message_too_large";
+    pub const BATCH_TOO_LARGE: &str = "batch_too_large";
+    pub const IN_FLIGHT_LIMIT: &str = "in_flight_limit";
+    pub const TOO_MANY_LONG_POLLS: &str = "too_many_long_polls";
+    pub const CORRUPT_DATA: &str = "corrupt_data";
+    pub const STORAGE_FAILED: &str = "storage_failed";
+    pub const SHUTTING_DOWN: &str = "shutting_down";
+
+    /// Every code, for the documentation check.
+    pub const ALL: &[&str] = &[
+        INVALID_JSON,
+        INVALID_REQUEST,
+        INVALID_NAME,
+        INVALID_CONFIG,
+        INVALID_MESSAGE,
+        OUT_OF_RANGE,
+        DEAD_LETTER_QUEUE_NOT_FOUND,
+        DEAD_LETTER_QUEUE_INVALID,
+        RECEIPT_INVALID,
+        RECEIPT_FOREIGN,
+        UNAUTHORIZED,
+        QUEUE_NOT_FOUND,
+        NOT_FOUND,
+        METHOD_NOT_ALLOWED,
+        RECEIPT_STALE,
+        FIFO_IMMUTABLE,
+        QUEUE_IN_USE,
+        NO_DEAD_LETTER_QUEUE,
+        PAYLOAD_TOO_LARGE,
+        MESSAGE_TOO_LARGE,
+        BATCH_TOO_LARGE,
+        IN_FLIGHT_LIMIT,
+        TOO_MANY_LONG_POLLS,
+        CORRUPT_DATA,
+        STORAGE_FAILED,
+        SHUTTING_DOWN,
+    ];
+}
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    /// Extra members of the problem object.
+    pub extra: Option<Value>,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            extra: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_extra(mut self, extra: Value) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        use BrokerError::*;
+        let detail = e.to_string();
+        let (status, code) = match &e {
+            QueueNotFound(_) => (StatusCode::NOT_FOUND, code::QUEUE_NOT_FOUND),
+            InvalidConfig(_) => (StatusCode::BAD_REQUEST, code::INVALID_CONFIG),
+            FifoImmutable => (StatusCode::CONFLICT, code::FIFO_IMMUTABLE),
+            DeadLetterQueueNotFound(_) => {
+                (StatusCode::BAD_REQUEST, code::DEAD_LETTER_QUEUE_NOT_FOUND)
+            }
+            DeadLetterQueueInvalid(_) => (StatusCode::BAD_REQUEST, code::DEAD_LETTER_QUEUE_INVALID),
+            QueueInUse { .. } => (StatusCode::CONFLICT, code::QUEUE_IN_USE),
+            NoDeadLetterQueue(_) => (StatusCode::CONFLICT, code::NO_DEAD_LETTER_QUEUE),
+            InvalidMessage(_) => (StatusCode::BAD_REQUEST, code::INVALID_MESSAGE),
+            MessageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::MESSAGE_TOO_LARGE),
+            BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, code::BATCH_TOO_LARGE),
+            OutOfRange { .. } => (StatusCode::BAD_REQUEST, code::OUT_OF_RANGE),
+            InFlightLimit(_) => (StatusCode::TOO_MANY_REQUESTS, code::IN_FLIGHT_LIMIT),
+            ReceiptInvalid => (StatusCode::BAD_REQUEST, code::RECEIPT_INVALID),
+            ReceiptForeign => (StatusCode::BAD_REQUEST, code::RECEIPT_FOREIGN),
+            ReceiptStale => (StatusCode::CONFLICT, code::RECEIPT_STALE),
+            Store(_) => (StatusCode::SERVICE_UNAVAILABLE, code::STORAGE_FAILED),
+            Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, code::CORRUPT_DATA),
+            ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, code::SHUTTING_DOWN),
+        };
+        let mut err = ApiError::new(status, code, detail);
+        match e {
+            InvalidConfig(c) => err = err.with_extra(json!({ "field": c.field })),
+            OutOfRange { field, .. } => err = err.with_extra(json!({ "field": field })),
+            QueueInUse { used_by, .. } => err = err.with_extra(json!({ "used_by": used_by })),
+            InFlightLimit(_) => err = err.retry_after(1),
+            Store(_) | ShuttingDown => err = err.retry_after(5),
+            _ => {}
+        }
+        if status.is_server_error() {
+            tracing::error!(code, detail = %err.detail, "request failed");
+        }
+        err
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("https://sluice.dev/errors/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+        });
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
+            map.extend(extra);
+        }
+        let mut resp = (self.status, body.to_string()).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

@@ -1,0 +1,87 @@
+//! A small HTTP client for the Sluice API: server address, bearer token, and problem+json
+//! errors turned into readable messages.
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Connection flags shared by every client command.
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// Server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub server: String,
+    /// Bearer token, if the server requires one.
+    #[arg(long, global = true, env = "SLUICE_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    pub output: Output,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            base: args.server.trim_end_matches('/').to_owned(),
+            token: args.auth_token.clone(),
+            output: args.output,
+        })
+    }
+
+    /// Calls the API; a problem answer becomes an error carrying its code and detail.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the Sluice server at {}; is `sluice serve` running?",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the response")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let code = value["code"].as_str().unwrap_or("error");
+            let detail = value["detail"].as_str().unwrap_or("");
+            if self.output == Output::Json {
+                println!("{value}");
+            }
+            bail!("{code}: {detail} (HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    }
+}
