@@ -216,7 +216,8 @@ mod tests {
     #[test]
     fn each_out_of_range_value_names_its_field() {
         let dlq = || Some(Name::new("dlq").unwrap());
-        let cases: Vec<(&str, Box<dyn Fn(&mut QueueConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut QueueConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "lease_timeout",
                 Box::new(|c| c.lease_timeout = HumanDuration::from_millis(10)),

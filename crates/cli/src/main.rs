@@ -26,7 +26,7 @@ enum Command {
     /// Run the server on the embedded store.
     Serve(ServeArgs),
     /// Manage queues and their messages on a running server.
-    Queue(queue::QueueArgs),
+    Queue(Box<queue::QueueArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Queue(args) => runtime.block_on(queue::run(args)),
+        Command::Queue(args) => runtime.block_on(queue::run(*args)),
     }
 }
 

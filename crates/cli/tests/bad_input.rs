@@ -3,6 +3,9 @@
 use serde_json::{Value, json};
 use sluice_testkit::TestServer;
 
+/// (method, path, body, expected status, expected code)
+type Case = (&'static str, &'static str, Option<Vec<u8>>, u16, &'static str);
+
 #[tokio::test]
 async fn every_kind_of_bad_input_gets_its_code() {
     let s = TestServer::start(
@@ -43,7 +46,7 @@ async fn every_kind_of_bad_input_gets_its_code() {
     let many: Vec<Value> = (0..1_001).map(|i| json!({"body": i})).collect();
     let huge = vec![b' '; 2_100_000];
     // (method, path, body, expected status, expected code)
-    let cases: Vec<(&str, &str, Option<Vec<u8>>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/queues/q/messages",

@@ -103,7 +103,7 @@ impl fmt::Display for HumanDuration {
             return f.write_str("0s");
         }
         for (unit, factor) in UNITS {
-            if self.ms % factor == 0 {
+            if self.ms.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", self.ms / factor);
             }
         }
