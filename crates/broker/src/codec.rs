@@ -70,6 +70,34 @@ pub fn index_key(qid: u64, kind: u8, parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
+/// Ready-index key of a standard queue's entry `rseq`.
+pub fn ready_key(qid: u64, rseq: u64) -> Vec<u8> {
+    index_key(qid, kind::READY, &[&rseq.to_be_bytes()])
+}
+
+/// Delayed-index key of message `seq`, due at `due`.
+pub fn delayed_key(qid: u64, due: u64, seq: u64) -> Vec<u8> {
+    index_key(
+        qid,
+        kind::DELAYED,
+        &[&due.to_be_bytes(), &seq.to_be_bytes()],
+    )
+}
+
+/// Lease-index key of message `seq`, leased until `deadline`.
+pub fn lease_key(qid: u64, deadline: u64, seq: u64) -> Vec<u8> {
+    index_key(
+        qid,
+        kind::LEASE,
+        &[&deadline.to_be_bytes(), &seq.to_be_bytes()],
+    )
+}
+
+/// FIFO-index key of message `seq` in `group`.
+pub fn fifo_key(qid: u64, group: &str, seq: u64) -> Vec<u8> {
+    index_key(qid, kind::FIFO, &[&group_part(group), &seq.to_be_bytes()])
+}
+
 /// The `group` part of a FIFO key: length byte and bytes, so groups never share a prefix.
 pub fn group_part(group: &str) -> Vec<u8> {
     let mut p = Vec::with_capacity(group.len() + 1);

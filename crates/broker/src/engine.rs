@@ -599,31 +599,12 @@ impl Engine {
         q.retention_hint = q.retention_hint.min(seq);
         let location = if q.config.fifo {
             let group = record.group.as_deref().unwrap_or("");
-            batch.put(
-                &self.ks.index,
-                codec::index_key(
-                    qid,
-                    kind::FIFO,
-                    &[&codec::group_part(group), &seq.to_be_bytes()],
-                ),
-                Vec::new(),
-            );
+            batch.put(&self.ks.index, codec::fifo_key(qid, group, seq), Vec::new());
             q.counters.ready += 1;
             q.groups.on_enqueue(group, visible_at, now);
             Location::Fifo
         } else if visible_at > now {
-            batch.put(
-                &self.ks.index,
-                codec::index_key(
-                    qid,
-                    kind::DELAYED,
-                    &[&visible_at.to_be_bytes(), &seq.to_be_bytes()],
-                ),
-                Vec::new(),
-            );
-            q.counters.delayed += 1;
-            q.delayed_next_due = Some(q.delayed_next_due.map_or(visible_at, |d| d.min(visible_at)));
-            Location::Delayed(visible_at)
+            push_delayed(&self.ks.index, batch, q, seq, visible_at)
         } else {
             Location::Ready(push_ready(&self.ks.index, batch, q, seq))
         };
@@ -681,10 +662,7 @@ impl Engine {
                 let Some((rseq, seq)) = self.next_ready(name)? else {
                     break;
                 };
-                batch.delete(
-                    &self.ks.index,
-                    codec::index_key(qid, kind::READY, &[&rseq.to_be_bytes()]),
-                );
+                batch.delete(&self.ks.index, codec::ready_key(qid, rseq));
                 (seq, None)
             };
             let record = self.read_message(qid, seq)?;
@@ -712,11 +690,7 @@ impl Engine {
             batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
             batch.put(
                 &self.ks.index,
-                codec::index_key(
-                    qid,
-                    kind::LEASE,
-                    &[&deadline.to_be_bytes(), &seq.to_be_bytes()],
-                ),
+                codec::lease_key(qid, deadline, seq),
                 Vec::new(),
             );
             let q = self.queue_mut(name)?;
@@ -775,14 +749,7 @@ impl Engine {
         batch.delete(&self.ks.state, codec::msg_key(qid, seq));
         removed.insert(seq);
         if let Some(g) = group {
-            batch.delete(
-                &self.ks.index,
-                codec::index_key(
-                    qid,
-                    kind::FIFO,
-                    &[&codec::group_part(g), &seq.to_be_bytes()],
-                ),
-            );
+            batch.delete(&self.ks.index, codec::fifo_key(qid, g, seq));
             let next = self.fifo_head_visible(qid, g, removed)?;
             let q = self.queue_by_id(qid)?;
             q.groups.on_remove_head(g, next, now);
@@ -909,24 +876,13 @@ impl Engine {
             self.dirty.insert(qid);
             batch.delete(
                 &self.ks.index,
-                codec::index_key(
-                    qid,
-                    kind::LEASE,
-                    &[&lease.deadline_ms.to_be_bytes(), &seq.to_be_bytes()],
-                ),
+                codec::lease_key(qid, lease.deadline_ms, seq),
             );
             batch.delete(&self.ks.state, codec::msg_key(qid, seq));
             batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
             removed.insert(seq);
             if let Some(group) = &lease.group {
-                batch.delete(
-                    &self.ks.index,
-                    codec::index_key(
-                        qid,
-                        kind::FIFO,
-                        &[&codec::group_part(group), &seq.to_be_bytes()],
-                    ),
-                );
+                batch.delete(&self.ks.index, codec::fifo_key(qid, group, seq));
                 let next = self.fifo_head_visible(qid, group, &removed)?;
                 self.queue_mut(name)?
                     .groups
@@ -1003,11 +959,7 @@ impl Engine {
         self.dirty.insert(qid);
         batch.delete(
             &self.ks.index,
-            codec::index_key(
-                qid,
-                kind::LEASE,
-                &[&lease.deadline_ms.to_be_bytes(), &seq.to_be_bytes()],
-            ),
+            codec::lease_key(qid, lease.deadline_ms, seq),
         );
         let mut state = self.read_state(qid, seq)?;
         match delivery::release(&config, state.receive_count, cause, now, jitter) {
@@ -1022,18 +974,7 @@ impl Engine {
                     q.groups.on_release(group, at_ms, now);
                     Location::Fifo
                 } else if at_ms > now {
-                    batch.put(
-                        &self.ks.index,
-                        codec::index_key(
-                            qid,
-                            kind::DELAYED,
-                            &[&at_ms.to_be_bytes(), &seq.to_be_bytes()],
-                        ),
-                        Vec::new(),
-                    );
-                    q.counters.delayed += 1;
-                    q.delayed_next_due = Some(q.delayed_next_due.map_or(at_ms, |d| d.min(at_ms)));
-                    Location::Delayed(at_ms)
+                    push_delayed(&self.ks.index, batch, q, seq, at_ms)
                 } else {
                     Location::Ready(push_ready(&self.ks.index, batch, q, seq))
                 };
@@ -1052,14 +993,7 @@ impl Engine {
                 batch.delete(&self.ks.state, codec::msg_key(qid, seq));
                 removed.insert(seq);
                 if let Some(group) = &lease.group {
-                    batch.delete(
-                        &self.ks.index,
-                        codec::index_key(
-                            qid,
-                            kind::FIFO,
-                            &[&codec::group_part(group), &seq.to_be_bytes()],
-                        ),
-                    );
+                    batch.delete(&self.ks.index, codec::fifo_key(qid, group, seq));
                     if config.park_group_on_dead_letter {
                         batch.put(
                             &self.ks.index,
@@ -1122,17 +1056,10 @@ impl Engine {
                 .map(|l| l.deadline_ms)
                 .ok_or(Error::ReceiptStale)?;
             q.leases.extend(seq, deadline);
-            batch.delete(
-                &self.ks.index,
-                codec::index_key(qid, kind::LEASE, &[&old.to_be_bytes(), &seq.to_be_bytes()]),
-            );
+            batch.delete(&self.ks.index, codec::lease_key(qid, old, seq));
             batch.put(
                 &self.ks.index,
-                codec::index_key(
-                    qid,
-                    kind::LEASE,
-                    &[&deadline.to_be_bytes(), &seq.to_be_bytes()],
-                ),
+                codec::lease_key(qid, deadline, seq),
                 Vec::new(),
             );
             let mut state = self.read_state(qid, seq)?;
@@ -1166,34 +1093,17 @@ impl Engine {
         let fifo = self.queue(name)?.config.fifo;
         match state.location {
             Location::Ready(rseq) => {
-                batch.delete(
-                    &self.ks.index,
-                    codec::index_key(qid, kind::READY, &[&rseq.to_be_bytes()]),
-                );
+                batch.delete(&self.ks.index, codec::ready_key(qid, rseq));
                 let q = self.queue_mut(name)?;
                 q.counters.ready -= 1;
                 q.window.retain(|(r, _)| *r != rseq);
             }
             Location::Delayed(due) => {
-                batch.delete(
-                    &self.ks.index,
-                    codec::index_key(
-                        qid,
-                        kind::DELAYED,
-                        &[&due.to_be_bytes(), &seq.to_be_bytes()],
-                    ),
-                );
+                batch.delete(&self.ks.index, codec::delayed_key(qid, due, seq));
                 self.queue_mut(name)?.counters.delayed -= 1;
             }
             Location::Leased(deadline) => {
-                batch.delete(
-                    &self.ks.index,
-                    codec::index_key(
-                        qid,
-                        kind::LEASE,
-                        &[&deadline.to_be_bytes(), &seq.to_be_bytes()],
-                    ),
-                );
+                batch.delete(&self.ks.index, codec::lease_key(qid, deadline, seq));
                 let q = self.queue_mut(name)?;
                 q.counters.leased -= 1;
                 q.leases.remove(seq);
@@ -1203,14 +1113,7 @@ impl Engine {
             }
         }
         if fifo {
-            batch.delete(
-                &self.ks.index,
-                codec::index_key(
-                    qid,
-                    kind::FIFO,
-                    &[&codec::group_part(&group), &seq.to_be_bytes()],
-                ),
-            );
+            batch.delete(&self.ks.index, codec::fifo_key(qid, &group, seq));
             let next = self.fifo_head_visible(qid, &group, removed)?;
             self.queue_mut(name)?
                 .groups
@@ -1487,7 +1390,7 @@ fn push_ready(index: &Keyspace, batch: &mut Batch, q: &mut QueueState, seq: u64)
     q.counters.next_rseq += 1;
     batch.put(
         index,
-        codec::index_key(q.qid, kind::READY, &[&rseq.to_be_bytes()]),
+        codec::ready_key(q.qid, rseq),
         seq.to_le_bytes().to_vec(),
     );
     q.counters.ready += 1;
@@ -1498,6 +1401,20 @@ fn push_ready(index: &Keyspace, batch: &mut Batch, q: &mut QueueState, seq: u64)
         q.window_complete = false;
     }
     rseq
+}
+
+/// Puts `seq` into the delayed index of standard queue `q` until `due`.
+fn push_delayed(
+    index: &Keyspace,
+    batch: &mut Batch,
+    q: &mut QueueState,
+    seq: u64,
+    due: u64,
+) -> Location {
+    batch.put(index, codec::delayed_key(q.qid, due, seq), Vec::new());
+    q.counters.delayed += 1;
+    q.delayed_next_due = Some(q.delayed_next_due.map_or(due, |d| d.min(due)));
+    Location::Delayed(due)
 }
 
 fn split_fifo_key(key: &[u8]) -> Result<(&[u8], u64)> {

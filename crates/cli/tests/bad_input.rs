@@ -4,7 +4,13 @@ use serde_json::{Value, json};
 use sluice_testkit::TestServer;
 
 /// (method, path, body, expected status, expected code)
-type Case = (&'static str, &'static str, Option<Vec<u8>>, u16, &'static str);
+type Case = (
+    &'static str,
+    &'static str,
+    Option<Vec<u8>>,
+    u16,
+    &'static str,
+);
 
 #[tokio::test]
 async fn every_kind_of_bad_input_gets_its_code() {
