@@ -114,6 +114,15 @@ pub fn u64_at(key: &[u8], at: usize) -> Result<u64, Corrupt> {
         .ok_or(Corrupt { what: "index key" })
 }
 
+/// Reads a little-endian u64 at `at` in a stored value.
+pub fn le_u64_at(value: &[u8], at: usize, what: &'static str) -> Result<u64, Corrupt> {
+    value
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or(Corrupt { what })
+}
+
 /// A little encoder for records.
 #[derive(Default)]
 pub struct Writer(pub Vec<u8>);

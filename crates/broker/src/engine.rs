@@ -32,8 +32,8 @@ const WINDOW_MAX: usize = 4_096;
 const TICK_BATCH: usize = 1_000;
 /// Messages removed per batch by purge and delete.
 const PURGE_CHUNK: usize = 10_000;
-/// How often retention is checked per queue.
-const RETENTION_CHECK_MS: u64 = 1_000;
+/// How often retention and dedup expiry are checked per queue.
+const HOUSEKEEPING_MS: u64 = 1_000;
 
 const SEQ_KEY: &[u8] = b"seq";
 const QID_KEY: &[u8] = b"qid";
@@ -79,7 +79,7 @@ struct QueueState {
     groups: GroupTable,
     /// No message of this queue has a smaller sequence number.
     retention_hint: u64,
-    retention_next_check: u64,
+    housekeeping_next_check: u64,
     notify: Waker,
 }
 
@@ -98,7 +98,7 @@ impl QueueState {
             leases: LeaseTable::default(),
             groups: GroupTable::default(),
             retention_hint: 0,
-            retention_next_check: 0,
+            housekeeping_next_check: 0,
             notify: Arc::new(Notify::new()),
         }
     }
@@ -154,11 +154,7 @@ pub(crate) struct Engine {
 
 fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<u64> {
     Ok(match ks.get(key)? {
-        Some(v) => u64::from_le_bytes(
-            v.as_ref()
-                .try_into()
-                .map_err(|_| Corrupt { what: "sequence" })?,
-        ),
+        Some(v) => codec::le_u64_at(&v, 0, "sequence")?,
         None => 1,
     })
 }
@@ -568,8 +564,8 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let expires = codec::u64_at(&le_to_be(&v, 0)?, 0)?;
-        let seq = codec::u64_at(&le_to_be(&v, 8)?, 0)?;
+        let expires = codec::le_u64_at(&v, 0, "dedup entry")?;
+        let seq = codec::le_u64_at(&v, 8, "dedup entry")?;
         Ok(delivery::is_duplicate(Some(expires), now).then_some(seq))
     }
 
@@ -668,17 +664,9 @@ impl Engine {
             let record = self.read_message(qid, seq)?;
             let mut state = self.read_state(qid, seq)?;
             if delivery::is_expired(record.sent_ms, retention_ms, now) {
-                // Past retention: dropped instead of delivered. Its ready entry is already
-                // deleted above; the FIFO entry goes with the message.
-                self.drop_taken(
-                    &mut batch,
-                    qid,
-                    seq,
-                    &record,
-                    group.as_deref(),
-                    &mut removed,
-                    now,
-                )?;
+                // Past retention: dropped instead of delivered.
+                self.remove_message(&mut batch, name, seq, &mut removed, now)?;
+                self.queue_mut(name)?.counters.expired_total += 1;
                 continue;
             }
             state.receive_count += 1;
@@ -733,42 +721,6 @@ impl Engine {
         Ok((out, ticket))
     }
 
-    /// Drops a message taken for delivery that turned out to be past retention.
-    #[allow(clippy::too_many_arguments)]
-    fn drop_taken(
-        &mut self,
-        batch: &mut Batch,
-        qid: u64,
-        seq: u64,
-        record: &MessageRecord,
-        group: Option<&str>,
-        removed: &mut HashSet<u64>,
-        now: u64,
-    ) -> Result<()> {
-        batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
-        batch.delete(&self.ks.state, codec::msg_key(qid, seq));
-        removed.insert(seq);
-        if let Some(g) = group {
-            batch.delete(&self.ks.index, codec::fifo_key(qid, g, seq));
-            let next = self.fifo_head_visible(qid, g, removed)?;
-            let q = self.queue_by_id(qid)?;
-            q.groups.on_remove_head(g, next, now);
-        }
-        let q = self.queue_by_id(qid)?;
-        q.counters.ready -= 1;
-        q.counters.expired_total += 1;
-        self.dirty.insert(qid);
-        self.release_dead_letter_count(record)?;
-        Ok(())
-    }
-
-    fn queue_by_id(&mut self, qid: u64) -> Result<&mut QueueState> {
-        let name = self.names.get(&qid).ok_or(Corrupt { what: "queue id" })?;
-        self.queues
-            .get_mut(name)
-            .ok_or(Error::Corrupt(Corrupt { what: "queue id" }))
-    }
-
     /// A message that was dead-lettered from another queue leaves this one: that queue's
     /// `dead_lettered` count goes down.
     fn release_dead_letter_count(&mut self, record: &MessageRecord) -> Result<()> {
@@ -799,9 +751,7 @@ impl Engine {
         q.window_complete = entries.len() < WINDOW_MAX;
         for (k, v) in &entries {
             let rseq = codec::u64_at(k, 9)?;
-            let seq = u64::from_le_bytes(v.as_ref().try_into().map_err(|_| Corrupt {
-                what: "ready entry",
-            })?);
+            let seq = codec::le_u64_at(v, 0, "ready entry")?;
             q.window.push_back((rseq, seq));
             q.window_scan_next = rseq + 1;
         }
@@ -831,20 +781,19 @@ impl Engine {
     // ---- ack, nack, extend ----
 
     /// Checks a receipt against queue `name`'s leases; returns the message's sequence number.
-    fn check_receipt(&self, name: &str, receipt: &str) -> std::result::Result<(u64, u32), Error> {
+    fn check_receipt(&self, name: &str, receipt: &str) -> std::result::Result<u64, Error> {
         let q = self.queue(name)?;
         let r = Receipt::parse(receipt).ok_or(Error::ReceiptInvalid)?;
         if r.qid != q.qid {
-            return Err(
-                if self.names.contains_key(&r.qid) || r.qid < self.next_qid {
-                    Error::ReceiptForeign
-                } else {
-                    Error::ReceiptInvalid
-                },
-            );
+            // Every queue id ever issued is below `next_qid`, deleted queues' included.
+            return Err(if r.qid < self.next_qid {
+                Error::ReceiptForeign
+            } else {
+                Error::ReceiptInvalid
+            });
         }
         match q.leases.get(r.seq) {
-            Some(lease) if lease.epoch == r.epoch => Ok((r.seq, r.epoch)),
+            Some(lease) if lease.epoch == r.epoch => Ok(r.seq),
             _ => Err(Error::ReceiptStale),
         }
     }
@@ -859,12 +808,13 @@ impl Engine {
             let q = self.queue(name)?;
             (q.qid, q.notify.clone())
         };
+        let is_dead_letter_queue = self.has_dead_letter_sources(name);
         let mut batch = self.store.batch();
         let mut outcomes = Vec::with_capacity(receipts.len());
         let mut removed = HashSet::new();
         for receipt in receipts {
             let seq = match self.check_receipt(name, receipt) {
-                Ok((seq, _)) => seq,
+                Ok(seq) => seq,
                 Err(e) => {
                     outcomes.push(Err(e));
                     continue;
@@ -888,7 +838,7 @@ impl Engine {
                     .groups
                     .on_remove_head(group, next, now);
             }
-            if self.has_dead_letter_sources(name) {
+            if is_dead_letter_queue {
                 let record = self.read_message(qid, seq)?;
                 self.release_dead_letter_count(&record)?;
             }
@@ -920,7 +870,7 @@ impl Engine {
         let mut removed = HashSet::new();
         for receipt in receipts {
             let seq = match self.check_receipt(name, receipt) {
-                Ok((seq, _)) => seq,
+                Ok(seq) => seq,
                 Err(e) => {
                     outcomes.push(Err(e));
                     continue;
@@ -1043,7 +993,7 @@ impl Engine {
         let deadline = now + lease_timeout.as_millis();
         for receipt in receipts {
             let seq = match self.check_receipt(name, receipt) {
-                Ok((seq, _)) => seq,
+                Ok(seq) => seq,
                 Err(e) => {
                     outcomes.push(Err(e));
                     continue;
@@ -1073,8 +1023,8 @@ impl Engine {
 
     // ---- removal: purge, retention, redrive ----
 
-    /// Removes message `seq` from queue `name` wherever it is. `expired` counts it as
-    /// dropped by retention.
+    /// Removes message `seq` from queue `name` wherever it is (ready, delayed, leased or
+    /// in its FIFO group), with its counters; returns its record.
     fn remove_message(
         &mut self,
         batch: &mut Batch,
@@ -1260,8 +1210,7 @@ impl Engine {
                 wake = true;
             }
             let mut batch = self.store.batch();
-            self.enforce_retention(&mut batch, &name, &mut HashSet::new(), now)?;
-            self.expire_dedup(&mut batch, &name, now)?;
+            self.housekeeping(&mut batch, &name, now)?;
             ticket = self.flush(batch)?;
             if wake {
                 woken.push(self.queue(&name)?.notify.clone());
@@ -1316,18 +1265,21 @@ impl Engine {
         Ok(!keys.is_empty())
     }
 
-    fn enforce_retention(
-        &mut self,
-        batch: &mut Batch,
-        name: &str,
-        removed: &mut HashSet<u64>,
-        now: u64,
-    ) -> Result<()> {
+    /// Drops messages past retention and forgets expired dedup ids, once a second per queue
+    /// (sooner again while retention still finds expired messages). Dedup lookups check the
+    /// expiry themselves, so forgetting late changes no answer.
+    fn housekeeping(&mut self, batch: &mut Batch, name: &str, now: u64) -> Result<()> {
         let q = self.queue_mut(name)?;
-        if now < q.retention_next_check {
+        if now < q.housekeeping_next_check {
             return Ok(());
         }
-        q.retention_next_check = now + RETENTION_CHECK_MS;
+        q.housekeeping_next_check = now + HOUSEKEEPING_MS;
+        self.enforce_retention(batch, name, now)?;
+        self.expire_dedup(batch, name, now)
+    }
+
+    fn enforce_retention(&mut self, batch: &mut Batch, name: &str, now: u64) -> Result<()> {
+        let q = self.queue(name)?;
         let (qid, retention, hint) = (q.qid, q.config.retention.as_millis(), q.retention_hint);
         let end = codec::prefix_end(&codec::queue_prefix(qid));
         let entries = self
@@ -1335,20 +1287,18 @@ impl Engine {
             .msg
             .range(&codec::msg_key(qid, hint), &end, TICK_BATCH)?;
         let mut next_hint = None;
+        let mut removed = HashSet::new();
         for (k, v) in &entries {
             let seq = codec::u64_at(k, 8)?;
-            if removed.contains(&seq) {
-                continue;
-            }
             let record = MessageRecord::decode(v)?;
             if !delivery::is_expired(record.sent_ms, retention, now) {
                 next_hint = Some(seq);
                 break;
             }
-            self.remove_message(batch, name, seq, removed, now)?;
+            self.remove_message(batch, name, seq, &mut removed, now)?;
             let q = self.queue_mut(name)?;
             q.counters.expired_total += 1;
-            q.retention_next_check = now;
+            q.housekeeping_next_check = now;
         }
         let q = self.queue_mut(name)?;
         match next_hint {
@@ -1373,8 +1323,7 @@ impl Engine {
             let dedup_key = codec::index_key(qid, kind::DEDUP, &[id]);
             // The id may have been reused after expiry; only its own entry goes.
             if let Some(v) = self.ks.index.get(&dedup_key)?
-                && v.len() >= 8
-                && v[..8] == expires.to_le_bytes()
+                && codec::le_u64_at(&v, 0, "dedup entry")? == expires
             {
                 batch.delete(&self.ks.index, dedup_key);
             }
@@ -1426,17 +1375,6 @@ fn split_fifo_key(key: &[u8]) -> Result<(&[u8], u64)> {
 
 fn group_from_part(part: &[u8]) -> Result<String> {
     String::from_utf8(part[1..].to_vec()).map_err(|_| Error::Corrupt(Corrupt { what: "group" }))
-}
-
-/// Reads 8 little-endian bytes at `at` as a big-endian array, for `codec::u64_at`.
-fn le_to_be(v: &[u8], at: usize) -> Result<[u8; 8]> {
-    let b: [u8; 8] = v
-        .get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(Corrupt {
-            what: "dedup entry",
-        })?;
-    Ok(u64::from_le_bytes(b).to_be_bytes())
 }
 
 fn valid_key(field: &str, v: &str) -> Result<()> {

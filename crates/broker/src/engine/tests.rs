@@ -543,3 +543,41 @@ async fn a_large_backlog_streams_through_the_ready_window_in_order() {
     assert_eq!(seen, n);
     assert_eq!(f.stats("q"), (0, 0, 0, 0));
 }
+
+#[tokio::test]
+async fn a_message_past_retention_is_dropped_at_receive_even_before_housekeeping() {
+    let f = Fixture::new();
+    let retention = HumanDuration::from_secs(60);
+    f.queue(
+        "std",
+        QueueConfig {
+            retention,
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    f.queue(
+        "fifo",
+        QueueConfig {
+            retention,
+            fifo: true,
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    f.send("std", &["old"]).await;
+    f.b().send("fifo", vec![grouped("old", "g")]).await.unwrap();
+    // The clock moves without a background tick, so only receive can notice the expiry.
+    f.clock.advance(60_000);
+    f.send("std", &["new"]).await;
+    f.b().send("fifo", vec![grouped("new", "g")]).await.unwrap();
+    for queue in ["std", "fifo"] {
+        assert_eq!(bodies(&f.receive(queue, 10).await), ["new"], "{queue}");
+        let s = f.b().get_queue(queue).unwrap().stats;
+        assert_eq!(
+            (s.visible, s.leased, s.expired_total),
+            (0, 1, 1),
+            "{queue}: {s:?}"
+        );
+    }
+}
