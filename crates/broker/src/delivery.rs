@@ -310,6 +310,13 @@ impl GroupTable {
         self.blocked.clear();
     }
 
+    /// A message behind the head of `group` left the queue; the head and its lease stay.
+    pub fn on_remove_behind_head(&mut self, group: &str) {
+        if let Some(state) = self.groups.get_mut(group) {
+            state.pending = state.pending.saturating_sub(1);
+        }
+    }
+
     /// Holds `group` until [`GroupTable::unpark`].
     pub fn park(&mut self, group: &str) {
         if let Some(state) = self.groups.get_mut(group) {

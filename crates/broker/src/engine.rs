@@ -1033,14 +1033,17 @@ impl Engine {
         removed: &mut HashSet<u64>,
         now: u64,
     ) -> Result<MessageRecord> {
-        let qid = self.queue(name)?.qid;
+        let q = self.queue(name)?;
+        let (qid, fifo) = (q.qid, q.config.fifo);
         let record = self.read_message(qid, seq)?;
         let state = self.read_state(qid, seq)?;
+        let group = record.group.clone().unwrap_or_default();
+        // Usually the oldest message of its group, but redrive from a dead-letter queue
+        // shared by several sources can take one from behind the head.
+        let was_head = fifo && self.fifo_head(qid, &group, removed)? == Some(seq);
         batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
         batch.delete(&self.ks.state, codec::msg_key(qid, seq));
         removed.insert(seq);
-        let group = record.group.clone().unwrap_or_default();
-        let fifo = self.queue(name)?.config.fifo;
         match state.location {
             Location::Ready(rseq) => {
                 batch.delete(&self.ks.index, codec::ready_key(qid, rseq));
@@ -1064,10 +1067,14 @@ impl Engine {
         }
         if fifo {
             batch.delete(&self.ks.index, codec::fifo_key(qid, &group, seq));
-            let next = self.fifo_head_visible(qid, &group, removed)?;
-            self.queue_mut(name)?
-                .groups
-                .on_remove_head(&group, next, now);
+            if was_head {
+                let next = self.fifo_head_visible(qid, &group, removed)?;
+                self.queue_mut(name)?
+                    .groups
+                    .on_remove_head(&group, next, now);
+            } else {
+                self.queue_mut(name)?.groups.on_remove_behind_head(&group);
+            }
         }
         self.dirty.insert(qid);
         self.release_dead_letter_count(&record)?;

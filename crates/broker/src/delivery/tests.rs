@@ -210,6 +210,8 @@ enum Step {
     Release(&'static str, u64),
     /// Remove the head; the next head (if any) is visible from the time given.
     RemoveHead(&'static str, Option<u64>),
+    /// Remove a message behind the head.
+    RemoveBehind(&'static str),
     Park(&'static str),
     Unpark(&'static str),
     /// Expect this many delayed heads.
@@ -229,6 +231,7 @@ fn run(name: &str, steps: &[Step]) {
             }
             Release(g, at) => t.on_release(g, *at, now),
             RemoveHead(g, next) => t.on_remove_head(g, *next, now),
+            RemoveBehind(g) => t.on_remove_behind_head(g),
             Park(g) => t.park(g),
             Unpark(g) => t.unpark(g, now),
             Delayed(n) => assert_eq!(t.delayed_heads(), *n, "{name}: step {i}"),
@@ -304,6 +307,26 @@ fn fifo_dead_lettered_head_moves_the_group_on_or_parks_it() {
             Next(0, None),
             Unpark("g"),
             Next(0, Some("g")),
+        ],
+    );
+}
+
+#[test]
+fn fifo_removing_behind_a_leased_head_keeps_the_lease() {
+    use Step::*;
+    run(
+        "behind",
+        &[
+            Enqueue("g", 0),
+            Enqueue("g", 0),
+            Enqueue("g", 0),
+            Next(0, Some("g")),
+            RemoveBehind("g"),
+            Next(0, None),
+            RemoveHead("g", Some(0)),
+            Next(0, Some("g")),
+            RemoveHead("g", None),
+            Next(0, None),
         ],
     );
 }

@@ -581,3 +581,44 @@ async fn a_message_past_retention_is_dropped_at_receive_even_before_housekeeping
         );
     }
 }
+
+#[tokio::test]
+async fn redriving_a_message_behind_a_leased_fifo_head_keeps_that_lease_alone() {
+    // Two FIFO queues share a dead-letter queue and a group name, so the DLQ's group holds
+    // messages of both; redriving one source's message must not disturb the other's lease.
+    let f = Fixture::new();
+    f.queue(
+        "dlq",
+        QueueConfig {
+            fifo: true,
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    let config = QueueConfig {
+        fifo: true,
+        max_attempts: Some(1),
+        dead_letter_queue: Some(Name::new("dlq").unwrap()),
+        ..QueueConfig::default()
+    };
+    f.queue("a", config.clone()).await;
+    f.queue("b", config).await;
+    for queue in ["a", "b"] {
+        f.b().send(queue, vec![grouped(queue, "g")]).await.unwrap();
+        let got = f.receive(queue, 1).await;
+        f.b()
+            .nack(queue, &receipts(&got), Nack::default())
+            .await
+            .unwrap();
+    }
+    let head = f.receive("dlq", 10).await;
+    assert_eq!(bodies(&head), ["a"], "one lease per group in the DLQ too");
+    assert_eq!(f.b().redrive("b", 10).await.unwrap().moved, 1);
+    assert!(
+        f.receive("dlq", 10).await.is_empty(),
+        "group g's head is still leased"
+    );
+    assert!(f.b().ack("dlq", &receipts(&head)).await.unwrap()[0].is_ok());
+    assert_eq!(bodies(&f.receive("b", 10).await), ["b"]);
+    assert_eq!(f.stats("dlq"), (0, 0, 0, 0));
+}
