@@ -145,10 +145,37 @@ struct SendEntry {
     delay: Option<HumanDuration>,
 }
 
-/// The problem detail of one failed entry of a batch call.
-fn entry_failure(e: &BrokerError) -> (&'static str, String, StatusCode) {
-    let api = ApiError::from(e.clone());
-    (api.code, api.detail, api.status)
+/// The failed entries of a batch call, and the problem to answer if none succeeded.
+#[derive(Default)]
+struct Failures {
+    entries: Vec<Value>,
+    first: Option<(StatusCode, &'static str, String)>,
+}
+
+impl Failures {
+    /// Records that the entry identified by `key: at` failed with `e`.
+    fn push(&mut self, key: &'static str, at: Value, e: &BrokerError) {
+        let api = ApiError::from(e.clone());
+        self.first
+            .get_or_insert((api.status, api.code, api.detail.clone()));
+        self.entries
+            .push(json!({ key: at, "code": api.code, "detail": api.detail }));
+    }
+
+    /// The first failure's problem listing every failure, when no entry succeeded.
+    fn problem_if_all_failed(&self, succeeded: usize) -> Option<ApiError> {
+        let (status, code, detail) = self.first.clone()?;
+        (succeeded == 0).then(|| {
+            ApiError::new(status, code, detail).with_extra(json!({ "failed": self.entries }))
+        })
+    }
+
+    /// Adds the `failed` list to a 200 answer.
+    fn add_to(self, resp: &mut Value) {
+        if !self.entries.is_empty() {
+            resp["failed"] = Value::Array(self.entries);
+        }
+    }
 }
 
 pub(crate) async fn send(
@@ -191,8 +218,7 @@ pub(crate) async fn send(
     let outcomes = state.broker().send(name.as_str(), messages).await?;
     let mut ids = Vec::with_capacity(outcomes.len());
     let mut duplicates = Vec::new();
-    let mut failed = Vec::new();
-    let mut first_failure = None;
+    let mut failures = Failures::default();
     for (i, o) in outcomes.iter().enumerate() {
         match o {
             SendOutcome::Sent(id) => ids.push(Value::String(id.clone())),
@@ -202,24 +228,18 @@ pub(crate) async fn send(
             }
             SendOutcome::Failed(e) => {
                 ids.push(Value::Null);
-                let (code, detail, status) = entry_failure(e);
-                first_failure.get_or_insert((status, code, detail.clone()));
-                failed.push(json!({ "index": i, "code": code, "detail": detail }));
+                failures.push("index", json!(i), e);
             }
         }
     }
-    if failed.len() == outcomes.len()
-        && let Some((status, code, detail)) = first_failure
-    {
-        return Err(ApiError::new(status, code, detail).with_extra(json!({ "failed": failed })));
+    if let Some(problem) = failures.problem_if_all_failed(outcomes.len() - failures.entries.len()) {
+        return Err(problem);
     }
     let mut resp = json!({ "ids": ids });
     if !duplicates.is_empty() {
         resp["duplicates"] = json!(duplicates);
     }
-    if !failed.is_empty() {
-        resp["failed"] = json!(failed);
-    }
+    failures.add_to(&mut resp);
     Ok(to_json(StatusCode::OK, &resp))
 }
 
@@ -351,28 +371,19 @@ fn receipts_response(
     receipts: &[String],
     outcomes: Vec<ReceiptOutcome>,
 ) -> Result<Response, ApiError> {
-    let mut ok = 0u64;
-    let mut failed = Vec::new();
-    let mut first = None;
+    let mut ok = 0usize;
+    let mut failures = Failures::default();
     for (receipt, outcome) in receipts.iter().zip(outcomes) {
         match outcome {
             Ok(()) => ok += 1,
-            Err(e) => {
-                let (code, detail, status) = entry_failure(&e);
-                first.get_or_insert((status, code, detail.clone()));
-                failed.push(json!({ "receipt": receipt, "code": code, "detail": detail }));
-            }
+            Err(e) => failures.push("receipt", json!(receipt), &e),
         }
     }
-    if ok == 0
-        && let Some((status, code, detail)) = first
-    {
-        return Err(ApiError::new(status, code, detail).with_extra(json!({ "failed": failed })));
+    if let Some(problem) = failures.problem_if_all_failed(ok) {
+        return Err(problem);
     }
     let mut resp = json!({ verb: ok });
-    if !failed.is_empty() {
-        resp["failed"] = json!(failed);
-    }
+    failures.add_to(&mut resp);
     Ok(to_json(StatusCode::OK, &resp))
 }
 
