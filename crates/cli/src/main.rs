@@ -1,6 +1,7 @@
 //! The `sluice` binary: `sluice serve` runs the server; every other command is a client of
 //! a running server's HTTP API.
 
+mod bench;
 mod client;
 mod queue;
 
@@ -27,6 +28,8 @@ enum Command {
     Serve(ServeArgs),
     /// Manage queues and their messages on a running server.
     Queue(Box<queue::QueueArgs>),
+    /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Queue(args) => runtime.block_on(queue::run(*args)),
+        Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }
 

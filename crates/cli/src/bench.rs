@@ -1,0 +1,481 @@
+//! `sluice bench`: the standard workloads against a running server, measured from the client.
+//!
+//! - W1: send N messages in batches, then receive and ack them all; then both at once.
+//! - W2: send single messages at a fixed rate and measure send→deliver latency from each
+//!   message's intended send time, so a stalled server cannot hide its stall (no coordinated
+//!   omission).
+//!
+//! Client and server share the machine, so the client's own work (JSON, HTTP) is part of
+//! every figure; the report says so.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_types::HumanDuration;
+use tokio::sync::Semaphore;
+
+use crate::client::{ClientArgs, Output};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    W1,
+    W2,
+    All,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Which workload to run.
+    #[arg(long, value_enum, default_value = "all")]
+    workload: Workload,
+    /// W1: messages per phase.
+    #[arg(long, default_value_t = 200_000)]
+    messages: usize,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// W1: messages per send, receive and ack call.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// W1: concurrent producers.
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    /// Concurrent consumers.
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    /// W2: messages per second.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
+    /// W2: how long to send.
+    #[arg(long, default_value = "10s")]
+    duration: HumanDuration,
+    /// Repetitions of each workload; the report gives the median and the range.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+}
+
+struct Http {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Http {
+    async fn post(&self, path: &str, body: String) -> anyhow::Result<Vec<u8>> {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.context("request to the server")?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("reading the response")?;
+        if !status.is_success() {
+            bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    async fn put(&self, path: &str, body: Value) -> anyhow::Result<()> {
+        let mut req = self.client.put(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.context("request to the server")?;
+        if !resp.status().is_success() {
+            bail!(
+                "{path}: HTTP {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, path: &str) {
+        let mut req = self.client.delete(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let _ = req.send().await;
+    }
+}
+
+#[derive(Deserialize)]
+struct Received<'a> {
+    #[serde(borrow)]
+    messages: Vec<ReceivedMessage<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ReceivedMessage<'a> {
+    receipt: &'a str,
+    #[serde(borrow)]
+    body: &'a serde_json::value::RawValue,
+}
+
+/// A JSON string body of exactly `size` bytes, quotes included.
+fn padding(size: usize) -> String {
+    "x".repeat(size.saturating_sub(2))
+}
+
+fn ack_body(receipts: &[&str]) -> String {
+    let mut s = String::with_capacity(16 + receipts.len() * 43);
+    s.push_str("{\"receipts\":[");
+    for (i, r) in receipts.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('"');
+        s.push_str(r);
+        s.push('"');
+    }
+    s.push_str("]}");
+    s
+}
+
+/// Receives and acks until `target` messages are acked in total; calls `on_body` for each.
+async fn consume(
+    http: Arc<Http>,
+    queue: String,
+    max: usize,
+    acked: Arc<AtomicUsize>,
+    target: usize,
+    deadline: Instant,
+    on_body: impl Fn(&str),
+) -> anyhow::Result<()> {
+    let receive = format!("{{\"max\":{max},\"wait\":\"1s\"}}");
+    while acked.load(Ordering::Acquire) < target {
+        if Instant::now() > deadline {
+            bail!(
+                "consumer gave up: {} of {target} acked",
+                acked.load(Ordering::Acquire)
+            );
+        }
+        let body = http
+            .post(&format!("/v1/queues/{queue}/receive"), receive.clone())
+            .await?;
+        let got: Received = serde_json::from_slice(&body).context("parsing receive")?;
+        if got.messages.is_empty() {
+            continue;
+        }
+        for m in &got.messages {
+            on_body(m.body.get());
+        }
+        let receipts: Vec<&str> = got.messages.iter().map(|m| m.receipt).collect();
+        http.post(&format!("/v1/queues/{queue}/ack"), ack_body(&receipts))
+            .await?;
+        acked.fetch_add(receipts.len(), Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+/// Sends `total` messages in batches of `batch` from `producers` tasks.
+async fn produce(
+    http: &Arc<Http>,
+    queue: &str,
+    total: usize,
+    batch: usize,
+    producers: usize,
+    size: usize,
+) -> anyhow::Result<()> {
+    let entry = format!("{{\"body\":\"{}\"}}", padding(size));
+    let full = batch_body(&entry, batch);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..producers {
+        let (http, next, full, entry) = (http.clone(), next.clone(), full.clone(), entry.clone());
+        let path = format!("/v1/queues/{queue}/messages");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(batch, Ordering::AcqRel);
+                if start >= total {
+                    return anyhow::Ok(());
+                }
+                let n = batch.min(total - start);
+                let body = if n == batch {
+                    full.clone()
+                } else {
+                    batch_body(&entry, n)
+                };
+                http.post(&path, body).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+fn batch_body(entry: &str, n: usize) -> String {
+    let mut s = String::with_capacity(16 + n * (entry.len() + 1));
+    s.push_str("{\"messages\":[");
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(entry);
+    }
+    s.push_str("]}");
+    s
+}
+
+async fn consume_all(
+    http: &Arc<Http>,
+    queue: &str,
+    args: &BenchArgs,
+    total: usize,
+) -> anyhow::Result<()> {
+    let acked = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut tasks = Vec::new();
+    for _ in 0..args.consumers {
+        let (http, acked, queue, max) = (http.clone(), acked.clone(), queue.to_owned(), args.batch);
+        tasks.push(tokio::spawn(async move {
+            consume(http, queue, max, acked, total, deadline, |_| {}).await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+struct W1 {
+    produce: f64,
+    consume: f64,
+    concurrent: f64,
+}
+
+async fn w1(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W1> {
+    let n = args.messages;
+    let queue = format!("bench-w1-{}-{run}", std::process::id());
+    http.put(&format!("/v1/queues/{queue}"), json!({})).await?;
+    let t = Instant::now();
+    produce(http, &queue, n, args.batch, args.producers, args.size).await?;
+    let produce_rate = rate(n, t.elapsed());
+    let t = Instant::now();
+    consume_all(http, &queue, args, n).await?;
+    let consume_rate = rate(n, t.elapsed());
+    // Both at once: the clock stops when the last message is acked.
+    let t = Instant::now();
+    let (p, c) = tokio::join!(
+        produce(http, &queue, n, args.batch, args.producers, args.size),
+        consume_all(http, &queue, args, n)
+    );
+    p?;
+    c?;
+    let concurrent_rate = rate(n, t.elapsed());
+    http.delete(&format!("/v1/queues/{queue}")).await;
+    Ok(W1 {
+        produce: produce_rate,
+        consume: consume_rate,
+        concurrent: concurrent_rate,
+    })
+}
+
+struct W2 {
+    sent: usize,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2> {
+    let queue = format!("bench-w2-{}-{run}", std::process::id());
+    http.put(&format!("/v1/queues/{queue}"), json!({})).await?;
+    let total = (args.rate as u128 * args.duration.as_millis() as u128 / 1_000) as usize;
+    if total == 0 {
+        bail!("--rate and --duration give no messages");
+    }
+    let pad = padding(args.size.saturating_sub(24));
+    let origin = Instant::now() + Duration::from_millis(100);
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let deadline = origin + args.duration.to_std() + Duration::from_secs(60);
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers {
+        let (http, acked, queue, latencies) = (
+            http.clone(),
+            acked.clone(),
+            queue.clone(),
+            latencies.clone(),
+        );
+        consumers.push(tokio::spawn(async move {
+            consume(http, queue, 100, acked, total, deadline, move |body| {
+                let now = origin.elapsed().as_micros() as u64;
+                if let Ok(v) = serde_json::from_str::<Value>(body)
+                    && let Some(t) = v["t"].as_u64()
+                {
+                    latencies
+                        .lock()
+                        .expect("latency lock")
+                        .push(now.saturating_sub(t));
+                }
+            })
+            .await
+        }));
+    }
+    // Sends go out at their intended times; latency is measured from the intended time, so
+    // a send that had to wait counts its wait.
+    let in_flight = Arc::new(Semaphore::new(512));
+    let path = format!("/v1/queues/{queue}/messages");
+    let interval_ns = 1_000_000_000 / args.rate.max(1);
+    let mut senders = Vec::with_capacity(total);
+    for i in 0..total {
+        let intended = origin + Duration::from_nanos(interval_ns * i as u64);
+        tokio::time::sleep_until(intended.into()).await;
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let t = intended.saturating_duration_since(origin).as_micros() as u64;
+        let body = format!("{{\"messages\":[{{\"body\":{{\"t\":{t},\"p\":\"{pad}\"}}}}]}}");
+        let (http, path) = (http.clone(), path.clone());
+        senders.push(tokio::spawn(async move {
+            let r = http.post(&path, body).await;
+            drop(permit);
+            r.map(|_| ())
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    for c in consumers {
+        c.await??;
+    }
+    http.delete(&format!("/v1/queues/{queue}")).await;
+    let mut l = std::mem::take(&mut *latencies.lock().expect("latency lock"));
+    l.sort_unstable();
+    let pct = |p: f64| l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1];
+    Ok(W2 {
+        sent: total,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        max_us: *l.last().unwrap_or(&0),
+    })
+}
+
+/// Median, min and max of `v`.
+fn summary(v: &[f64]) -> Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    json!({
+        "median": s[s.len() / 2].round(),
+        "min": s[0].round(),
+        "max": s[s.len() - 1].round(),
+        "runs": s.iter().map(|x| x.round()).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.runs == 0
+        || args.batch == 0
+        || args.batch > 1_000
+        || args.producers == 0
+        || args.consumers == 0
+    {
+        bail!("--runs, --producers and --consumers must be at least 1, --batch 1..=1000");
+    }
+    let http = Arc::new(Http {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1_024)
+            .build()
+            .context("building the HTTP client")?,
+        base: args.client.server.trim_end_matches('/').to_owned(),
+        token: args.client.auth_token.clone(),
+    });
+    let human = args.client.output == Output::Human;
+    let mut report = json!({
+        "size_bytes": args.size,
+        "note": "client and server on the same machine; client work is included",
+    });
+    if matches!(args.workload, Workload::W1 | Workload::All) {
+        let (mut p, mut c, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..args.runs {
+            let r = w1(&http, &args, run).await?;
+            if human {
+                eprintln!(
+                    "W1 run {}: produce {:.0} msg/s, consume+ack {:.0} msg/s, concurrent end-to-end {:.0} msg/s",
+                    run + 1,
+                    r.produce,
+                    r.consume,
+                    r.concurrent
+                );
+            }
+            p.push(r.produce);
+            c.push(r.consume);
+            b.push(r.concurrent);
+        }
+        report["w1"] = json!({
+            "messages": args.messages,
+            "batch": args.batch,
+            "producers": args.producers,
+            "consumers": args.consumers,
+            "produce_msgs_per_s": summary(&p),
+            "consume_msgs_per_s": summary(&c),
+            "concurrent_msgs_per_s": summary(&b),
+        });
+    }
+    if matches!(args.workload, Workload::W2 | Workload::All) {
+        let (mut p50, mut p99, mut p999, mut max) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut sent = 0;
+        for run in 0..args.runs {
+            let r = w2(&http, &args, run).await?;
+            if human {
+                eprintln!(
+                    "W2 run {}: {} msgs at {}/s, send→deliver p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+                    run + 1,
+                    r.sent,
+                    args.rate,
+                    r.p50_us,
+                    r.p99_us,
+                    r.p999_us,
+                    r.max_us
+                );
+            }
+            sent = r.sent;
+            p50.push(r.p50_us as f64);
+            p99.push(r.p99_us as f64);
+            p999.push(r.p999_us as f64);
+            max.push(r.max_us as f64);
+        }
+        report["w2"] = json!({
+            "rate_per_s": args.rate,
+            "messages": sent,
+            "consumers": args.consumers,
+            "p50_us": summary(&p50),
+            "p99_us": summary(&p99),
+            "p999_us": summary(&p999),
+            "max_us": summary(&max),
+        });
+    }
+    println!(
+        "{}",
+        if human {
+            serde_json::to_string_pretty(&report)?
+        } else {
+            report.to_string()
+        }
+    );
+    Ok(())
+}
