@@ -1,6 +1,11 @@
 //! Group commit: writers append to the journal and take a ticket; one syncer thread persists
 //! the journal once for every ticket issued so far and wakes all their waiters together.
+//!
+//! The fsync itself runs outside the storage engine's journal lock (see [`JournalSync`]), so
+//! writers keep appending while a sync is in flight instead of queueing behind it.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -46,7 +51,7 @@ struct Wake {
 impl GroupCommit {
     /// Starts the syncer thread. With `background`, the syncer also persists on that interval
     /// even when nobody waits (relaxed mode bounds its loss window this way).
-    pub(crate) fn start(db: Database, mode: PersistMode, background: Option<Duration>) -> Self {
+    pub(crate) fn start(db: Database, dir: PathBuf, background: Option<Duration>) -> Self {
         let shared = Arc::new(Shared {
             written: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -58,7 +63,7 @@ impl GroupCommit {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-sync".into())
-            .spawn(move || sync_loop(db, mode, background, thread_shared, tx))
+            .spawn(move || sync_loop(JournalSync::new(db, dir), background, thread_shared, tx))
             .expect("spawning the store sync thread");
         Self {
             shared,
@@ -142,9 +147,67 @@ impl GroupCommit {
     }
 }
 
-fn sync_loop(
+/// Makes everything appended to the journal so far durable.
+///
+/// The engine's own `persist(SyncData)` holds its journal lock through the fsync, which
+/// stalls every writer for the length of the fsync. Instead this flushes the journal's
+/// buffer to the OS under the lock (`persist(Buffer)`, a `write`), then fdatasyncs the
+/// active journal file through its own descriptor, without the lock. That covers every write
+/// appended before the flush: it sits either in the active journal, synced here, or in an
+/// older one, which the engine fsyncs when it rotates to a new journal file, before the new
+/// file takes writes. If no journal file can be found the engine's own persist is used.
+struct JournalSync {
     db: Database,
-    mode: PersistMode,
+    dir: PathBuf,
+    active: Option<(PathBuf, File)>,
+}
+
+impl JournalSync {
+    fn new(db: Database, dir: PathBuf) -> Self {
+        Self {
+            db,
+            dir,
+            active: None,
+        }
+    }
+
+    fn sync(&mut self) -> std::result::Result<(), String> {
+        self.db
+            .persist(PersistMode::Buffer)
+            .map_err(|e| e.to_string())?;
+        let Some(newest) = newest_journal(&self.dir) else {
+            return self
+                .db
+                .persist(PersistMode::SyncData)
+                .map_err(|e| e.to_string());
+        };
+        if self.active.as_ref().is_none_or(|(p, _)| *p != newest) {
+            let file =
+                File::open(&newest).map_err(|e| format!("opening {}: {e}", newest.display()))?;
+            self.active = Some((newest, file));
+        }
+        let (path, file) = self.active.as_ref().expect("set above");
+        file.sync_data()
+            .map_err(|e| format!("fdatasync {}: {e}", path.display()))
+    }
+}
+
+/// The journal file with the highest number (`N.jnl`) in `dir`: the one taking writes.
+fn newest_journal(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let n: u64 = name.to_str()?.strip_suffix(".jnl")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
+}
+
+fn sync_loop(
+    mut journal: JournalSync,
     background: Option<Duration>,
     shared: Arc<Shared>,
     tx: watch::Sender<Synced>,
@@ -182,7 +245,7 @@ fn sync_loop(
         if target == synced && background.is_some() {
             continue;
         }
-        match db.persist(mode) {
+        match journal.sync() {
             Ok(()) => {
                 synced = target;
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
@@ -191,9 +254,27 @@ fn sync_loop(
             Err(e) => {
                 tracing::error!(error = %e, "journal persist failed; the store stops taking writes");
                 shared.healthy.store(false, Ordering::Release);
-                let _ = tx.send(Synced::Failed(Error::from(e)));
+                let _ = tx.send(Synced::Failed(Error::Engine(e.into())));
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_engines_active_journal_so_syncs_skip_the_journal_lock() {
+        // If the engine ever changed its journal layout, syncs would silently fall back to
+        // its own (lock-holding) persist; this test notices that first.
+        let dir = tempfile::tempdir().unwrap();
+        let _store = crate::Store::open(dir.path(), crate::Options::default()).unwrap();
+        let newest = newest_journal(dir.path()).expect("an active journal file");
+        assert_eq!(newest.file_name().unwrap(), "0.jnl");
+        std::fs::write(dir.path().join("7.jnl"), b"").unwrap();
+        std::fs::write(dir.path().join("10.jnl.tmp"), b"").unwrap();
+        assert_eq!(newest_journal(dir.path()).unwrap().file_name().unwrap(), "7.jnl");
     }
 }

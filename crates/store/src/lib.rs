@@ -118,7 +118,7 @@ impl Store {
                 options.relaxed_sync_interval_ms.max(1),
             )),
         };
-        let commit = GroupCommit::start(db.clone(), PersistMode::SyncData, background_interval);
+        let commit = GroupCommit::start(db.clone(), path.to_path_buf(), background_interval);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
