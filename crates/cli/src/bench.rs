@@ -362,6 +362,12 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
     }
     http.delete(&format!("/v1/queues/{queue}")).await;
     let mut l = std::mem::take(&mut *latencies.lock().expect("latency lock"));
+    if l.len() != total {
+        bail!(
+            "W2 measured {} of {total} deliveries; bodies without a send time?",
+            l.len()
+        );
+    }
     l.sort_unstable();
     let pct = |p: f64| l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1];
     Ok(W2 {

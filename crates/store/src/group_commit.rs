@@ -275,6 +275,9 @@ mod tests {
         assert_eq!(newest.file_name().unwrap(), "0.jnl");
         std::fs::write(dir.path().join("7.jnl"), b"").unwrap();
         std::fs::write(dir.path().join("10.jnl.tmp"), b"").unwrap();
-        assert_eq!(newest_journal(dir.path()).unwrap().file_name().unwrap(), "7.jnl");
+        assert_eq!(
+            newest_journal(dir.path()).unwrap().file_name().unwrap(),
+            "7.jnl"
+        );
     }
 }
