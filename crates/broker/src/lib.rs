@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod config;
 pub mod delivery;
+pub mod filter;
 mod engine;
 
 use std::sync::{Arc, Mutex};
