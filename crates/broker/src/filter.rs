@@ -144,10 +144,7 @@ impl Compiler {
 
     fn node(&mut self, v: &Value, path: &str, depth: usize) -> Result<Node, PatternError> {
         if depth > DEPTH_MAX {
-            return Err(err(
-                path,
-                format!("nested deeper than {DEPTH_MAX} levels"),
-            ));
+            return Err(err(path, format!("nested deeper than {DEPTH_MAX} levels")));
         }
         let Value::Object(map) = v else {
             return Err(err(path, "must be a JSON object"));
@@ -178,7 +175,10 @@ impl Compiler {
                 Value::Object(_) => FieldPattern::Nested(self.node(value, &p, depth + 1)?),
                 Value::Array(conds) => {
                     if conds.is_empty() {
-                        return Err(err(&p, "an empty list matches nothing; list at least one value or condition"));
+                        return Err(err(
+                            &p,
+                            "an empty list matches nothing; list at least one value or condition",
+                        ));
                     }
                     let conds = conds
                         .iter()
@@ -291,10 +291,7 @@ fn cond(c: &Value, path: &str) -> Result<Cond, PatternError> {
 
 fn numeric(v: &Value, path: &str) -> Result<Vec<(Cmp, f64)>, PatternError> {
     let Value::Array(items) = v else {
-        return Err(err(
-            path,
-            "numeric takes a list like [\">\", 0, \"<=\", 5]",
-        ));
+        return Err(err(path, "numeric takes a list like [\">\", 0, \"<=\", 5]"));
     };
     if items.is_empty() || items.len() % 2 != 0 || items.len() > 4 {
         return Err(err(
@@ -342,9 +339,7 @@ impl Node {
             let field = value.and_then(|v| v.get(key));
             match pattern {
                 FieldPattern::Nested(node) => match field {
-                    Some(Value::Array(items)) => {
-                        items.iter().any(|item| node.matches(Some(item)))
-                    }
+                    Some(Value::Array(items)) => items.iter().any(|item| node.matches(Some(item))),
                     other => node.matches(other.filter(|v| v.is_object())),
                 },
                 FieldPattern::AnyOf(conds) => conds.iter().any(|c| c.matches(field)),

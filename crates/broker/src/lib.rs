@@ -9,8 +9,10 @@
 pub mod codec;
 pub mod config;
 pub mod delivery;
-pub mod filter;
 mod engine;
+pub mod event;
+pub mod filter;
+pub mod topic_config;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

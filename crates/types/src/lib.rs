@@ -1,4 +1,4 @@
-//! Shared vocabulary of Sluice: resource names, human durations and sizes, and the injected clock.
+//! Shared vocabulary of Sluice: resource names, human durations and sizes, timestamps, and the injected clock.
 //!
 //! Every other crate depends on this one and it depends on nothing of ours, so it holds only
 //! plain values with their parsing and validation rules.
@@ -7,8 +7,10 @@ mod clock;
 mod duration;
 mod name;
 mod size;
+mod timestamp;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use duration::{DurationParseError, HumanDuration};
 pub use name::{Name, NameError};
 pub use size::{ByteSize, SizeParseError};
+pub use timestamp::{format_rfc3339_ms, parse_rfc3339_ms};
