@@ -31,6 +31,8 @@ pub mod kind {
     pub const DEDUP_EXPIRY: u8 = b'X';
     /// Parked FIFO groups: `group -> ()`.
     pub const PARKED: u8 = b'P';
+    /// Compacted topics, the latest offset of each live key: `key -> offset`.
+    pub const TABLE: u8 = b'K';
 }
 
 /// `qid` as a key prefix.
@@ -199,6 +201,9 @@ impl<'a> Reader<'a> {
             _ => Err(Corrupt { what: self.what }),
         }
     }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
     pub fn finish(self) -> Result<(), Corrupt> {
         if self.buf.is_empty() {
             Ok(())
@@ -217,6 +222,9 @@ pub struct DeadLetter {
     pub error: Option<String>,
     pub attempts: u32,
     pub at_ms: u64,
+    /// The message's sequence number in its source when it differs from the one it has in
+    /// the dead-letter queue (events of a subscription are addressed by topic offset).
+    pub source_seq: Option<u64>,
 }
 
 /// The immutable part of a message.
@@ -250,13 +258,16 @@ impl MessageRecord {
                 w.u8(0);
             }
             Some(d) => {
-                w.u8(1)
+                w.u8(if d.source_seq.is_some() { 2 } else { 1 })
                     .u64(d.source_qid)
                     .bytes(d.source_queue.as_bytes())
                     .bytes(d.reason.as_bytes())
                     .opt_str(d.error.as_deref())
                     .u32(d.attempts)
                     .u64(d.at_ms);
+                if let Some(seq) = d.source_seq {
+                    w.u64(seq);
+                }
             }
         }
         w.0
@@ -274,13 +285,14 @@ impl MessageRecord {
         let body = r.bytes()?.to_vec();
         let dead_letter = match r.u8()? {
             0 => None,
-            1 => Some(DeadLetter {
+            tag @ (1 | 2) => Some(DeadLetter {
                 source_qid: r.u64()?,
                 source_queue: r.string()?,
                 reason: r.string()?,
                 error: r.opt_string()?,
                 attempts: r.u32()?,
                 at_ms: r.u64()?,
+                source_seq: if tag == 2 { Some(r.u64()?) } else { None },
             }),
             _ => return Err(Corrupt { what: "message" }),
         };
@@ -378,6 +390,8 @@ pub struct Counters {
     pub sent_total: u64,
     pub expired_total: u64,
     pub dedup_hits_total: u64,
+    /// Subscriptions: the next topic offset not yet taken from the log.
+    pub cursor: u64,
 }
 
 impl Counters {
@@ -392,6 +406,7 @@ impl Counters {
             self.sent_total,
             self.expired_total,
             self.dedup_hits_total,
+            self.cursor,
         ] {
             w.u64(v);
         }
@@ -409,10 +424,67 @@ impl Counters {
             sent_total: r.u64()?,
             expired_total: r.u64()?,
             dedup_hits_total: r.u64()?,
+            cursor: 0,
+        };
+        // Counters written before subscriptions existed end here.
+        let c = if r.is_empty() {
+            c
+        } else {
+            Counters {
+                cursor: r.u64()?,
+                ..c
+            }
         };
         r.finish()?;
         Ok(c)
     }
+}
+
+/// An event in a topic's log: key `tid ‖ offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// When the topic accepted it; never less than an earlier offset's.
+    pub published_ms: u64,
+    /// The compaction key, on compacted topics.
+    pub key: Option<String>,
+    /// Whether it deletes its key (compacted topics).
+    pub tombstone: bool,
+    /// The event as structured-mode CloudEvents JSON.
+    pub event: Vec<u8>,
+}
+
+const LOG_VERSION: u8 = 1;
+
+impl LogEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(32 + self.event.len()));
+        w.u8(LOG_VERSION)
+            .u64(self.published_ms)
+            .opt_str(self.key.as_deref())
+            .u8(u8::from(self.tombstone))
+            .bytes(&self.event);
+        w.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, Corrupt> {
+        let mut r = Reader::new(buf, "log entry");
+        if r.u8()? != LOG_VERSION {
+            return Err(Corrupt { what: "log entry" });
+        }
+        let e = Self {
+            published_ms: r.u64()?,
+            key: r.opt_string()?,
+            tombstone: r.u8()? != 0,
+            event: r.bytes()?.to_vec(),
+        };
+        r.finish()?;
+        Ok(e)
+    }
+}
+
+/// Key of a topic's log entry.
+pub fn log_key(tid: u64, offset: u64) -> Vec<u8> {
+    msg_key(tid, offset)
 }
 
 /// A receipt: which delivery of which message of which queue. Shown to users as 40 hex
@@ -467,6 +539,7 @@ mod tests {
                 error: Some("boom".into()),
                 attempts: 5,
                 at_ms: 9,
+                source_seq: Some(11),
             }),
         };
         let enc = m.encode();
@@ -484,9 +557,23 @@ mod tests {
         let c = Counters {
             ready: 1,
             next_rseq: 8,
+            cursor: 12,
             ..Counters::default()
         };
         assert_eq!(Counters::decode(&c.encode()).unwrap(), c);
+        let old = &c.encode()[..64];
+        assert_eq!(Counters::decode(old).unwrap().cursor, 0);
+        let l = LogEntry {
+            published_ms: 3,
+            key: Some("k".into()),
+            tombstone: true,
+            event: b"{}".to_vec(),
+        };
+        let enc = l.encode();
+        assert_eq!(LogEntry::decode(&enc).unwrap(), l);
+        for cut in 0..enc.len() {
+            assert!(LogEntry::decode(&enc[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

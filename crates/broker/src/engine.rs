@@ -16,7 +16,8 @@ use sluice_types::{HumanDuration, Name};
 use tokio::sync::Notify;
 
 use crate::codec::{
-    self, Corrupt, Counters, DeadLetter, Location, MessageRecord, MessageState, Receipt, kind,
+    self, Corrupt, Counters, DeadLetter, Location, LogEntry, MessageRecord, MessageState, Receipt,
+    kind,
 };
 use crate::delivery::{
     self, DeadLetterReason, GroupTable, Lease, LeaseTable, Release, ReleaseCause,
@@ -59,6 +60,7 @@ struct Keyspaces {
     msg: Keyspace,
     state: Keyspace,
     index: Keyspace,
+    log: Keyspace,
 }
 
 struct QueueState {
@@ -81,6 +83,8 @@ struct QueueState {
     retention_hint: u64,
     housekeeping_next_check: u64,
     notify: Waker,
+    /// Subscriptions: the topic log this queue takes its messages from.
+    source: Option<topics::LogSource>,
 }
 
 impl QueueState {
@@ -100,6 +104,7 @@ impl QueueState {
             retention_hint: 0,
             housekeeping_next_check: 0,
             notify: Arc::new(Notify::new()),
+            source: None,
         }
     }
 
@@ -150,6 +155,9 @@ pub(crate) struct Engine {
     rng: StdRng,
     /// Queues whose counters changed in the batch being built.
     dirty: HashSet<u64>,
+    topics: HashMap<String, topics::TopicState>,
+    /// Topics whose counters changed in the batch being built.
+    dirty_topics: HashSet<String>,
 }
 
 fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<u64> {
@@ -166,6 +174,7 @@ impl Engine {
             msg: store.keyspace("msg")?,
             state: store.keyspace("state")?,
             index: store.keyspace("index")?,
+            log: store.keyspace("log")?,
         };
         let next_seq = read_u64(&ks.meta, SEQ_KEY)?;
         let next_qid = read_u64(&ks.meta, QID_KEY)?;
@@ -181,7 +190,10 @@ impl Engine {
                 None => StdRng::from_os_rng(),
             },
             dirty: HashSet::new(),
+            topics: HashMap::new(),
+            dirty_topics: HashSet::new(),
         };
+        engine.load_topics()?;
         let prefix = b"queue/";
         for (_, value) in engine
             .ks
@@ -199,6 +211,7 @@ impl Engine {
             engine.names.insert(q.qid, q.name.clone());
             engine.queues.insert(q.name.clone(), q);
         }
+        engine.load_subscriptions(now)?;
         Ok(engine)
     }
 
@@ -215,7 +228,10 @@ impl Engine {
             let seq = codec::u64_at(&key, 17)?;
             let state = self.read_state(qid, seq)?;
             let group = if q.config.fifo {
-                self.read_message(qid, seq)?.group
+                match self.read_record_of(q, seq)? {
+                    Some(r) => r.group,
+                    None => Some(self.find_fifo_group(qid, seq)?),
+                }
             } else {
                 None
             };
@@ -289,29 +305,89 @@ impl Engine {
     }
 
     fn read_message(&self, qid: u64, seq: u64) -> Result<MessageRecord> {
-        let v = self.ks.msg.get(&codec::msg_key(qid, seq))?.ok_or(Corrupt {
+        self.read_record(qid, seq)?.ok_or(Error::Corrupt(Corrupt {
             what: "message (missing)",
-        })?;
-        Ok(MessageRecord::decode(&v)?)
+        }))
+    }
+
+    /// A message's record: from the queue's own records, or for a subscription from its
+    /// topic's log, where retention or compaction may have removed it (`None`).
+    fn read_record(&self, qid: u64, seq: u64) -> Result<Option<MessageRecord>> {
+        match self.names.get(&qid).and_then(|n| self.queues.get(n)) {
+            Some(q) => self.read_record_of(q, seq),
+            None => Err(Error::Corrupt(Corrupt { what: "queue id" })),
+        }
+    }
+
+    fn read_record_of(&self, q: &QueueState, seq: u64) -> Result<Option<MessageRecord>> {
+        let Some(src) = &q.source else {
+            return match self.ks.msg.get(&codec::msg_key(q.qid, seq))? {
+                Some(v) => Ok(Some(MessageRecord::decode(&v)?)),
+                None => Ok(None),
+            };
+        };
+        let Some(v) = self.ks.log.get(&codec::log_key(src.tid, seq))? else {
+            return Ok(None);
+        };
+        let entry = LogEntry::decode(&v)?;
+        let group = q.config.fifo.then(|| src.group_of(&entry.event));
+        Ok(Some(MessageRecord {
+            sent_ms: entry.published_ms,
+            group,
+            dedup_id: None,
+            attributes: b"{}".to_vec(),
+            body: entry.event,
+            dead_letter: None,
+        }))
+    }
+
+    /// The group of a FIFO member found by its key alone (its event is gone from the log).
+    fn find_fifo_group(&self, qid: u64, seq: u64) -> Result<String> {
+        let prefix = codec::index_key(qid, kind::FIFO, &[]);
+        for key in self
+            .ks
+            .index
+            .keys(&prefix, &codec::prefix_end(&prefix), usize::MAX)?
+        {
+            let (part, s) = split_fifo_key(&key)?;
+            if s == seq {
+                return group_from_part(part);
+            }
+        }
+        Ok(String::new())
+    }
+
+    /// Whether queue `qid` keeps its own message records (subscriptions read their topic's).
+    fn owns_records(&self, qid: u64) -> bool {
+        self.names
+            .get(&qid)
+            .and_then(|n| self.queues.get(n))
+            .is_some_and(|q| q.source.is_none())
     }
 
     fn queue(&self, name: &str) -> Result<&QueueState> {
-        self.queues
-            .get(name)
-            .ok_or_else(|| Error::QueueNotFound(name.to_owned()))
+        self.queues.get(name).ok_or_else(|| not_found(name))
     }
 
     fn queue_mut(&mut self, name: &str) -> Result<&mut QueueState> {
-        self.queues
-            .get_mut(name)
-            .ok_or_else(|| Error::QueueNotFound(name.to_owned()))
+        self.queues.get_mut(name).ok_or_else(|| not_found(name))
     }
 
-    /// Writes the batch with every dirty queue's counters and the sequence counters.
+    /// Writes the batch with every dirty queue's and topic's counters and the sequence
+    /// counters.
     fn write(&mut self, mut batch: Batch) -> Result<Ticket> {
         for qid in self.dirty.drain() {
             if let Some(q) = self.names.get(&qid).and_then(|n| self.queues.get(n)) {
                 batch.put(&self.ks.meta, counters_key(qid), q.counters.encode());
+            }
+        }
+        for name in self.dirty_topics.drain() {
+            if let Some(t) = self.topics.get(&name) {
+                batch.put(
+                    &self.ks.meta,
+                    topics::counters_key(t.tid),
+                    t.counters.encode(),
+                );
             }
         }
         batch.put(
@@ -331,6 +407,9 @@ impl Engine {
     }
 
     fn oldest_sent(&self, q: &QueueState) -> Result<Option<u64>> {
+        if q.source.is_some() {
+            return self.oldest_pending_event(q);
+        }
         let start = codec::msg_key(q.qid, q.retention_hint);
         let end = codec::prefix_end(&codec::queue_prefix(q.qid));
         match self.ks.msg.range(&start, &end, 1)?.first() {
@@ -353,7 +432,12 @@ impl Engine {
     }
 
     pub(crate) fn list(&self, now: u64) -> Result<Vec<QueueInfo>> {
-        let mut names: Vec<&String> = self.queues.keys().collect();
+        let mut names: Vec<&String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.source.is_none())
+            .map(|(n, _)| n)
+            .collect();
         names.sort();
         names
             .into_iter()
@@ -444,11 +528,12 @@ impl Engine {
 
     pub(crate) fn delete_queue(&mut self, name: &str) -> Result<(Ticket, Waker)> {
         let q = self.queue(name)?;
-        let users: Vec<String> = self
+        let mut users: Vec<String> = self
             .dead_letter_users(name)
             .into_iter()
             .filter(|u| u != name)
             .collect();
+        users.extend(self.forwarding_subscriptions(name));
         if !users.is_empty() {
             return Err(Error::QueueInUse {
                 queue: name.to_owned(),
@@ -506,7 +591,7 @@ impl Engine {
             if let Some(id) = &m.dedup_id {
                 let existing = match batch_dedup.get(id) {
                     Some(seq) => Some(*seq),
-                    None => self.dedup_lookup(qid, id, now)?,
+                    None => self.dedup_lookup(qid, id.as_bytes(), now)?,
                 };
                 if let Some(seq) = existing {
                     let q = self.queue_mut(name)?;
@@ -520,22 +605,7 @@ impl Engine {
             self.next_seq += 1;
             if let Some(id) = &m.dedup_id {
                 let expires = now + config.dedup_window.as_millis();
-                let mut v = expires.to_le_bytes().to_vec();
-                v.extend_from_slice(&seq.to_le_bytes());
-                batch.put(
-                    &self.ks.index,
-                    codec::index_key(qid, kind::DEDUP, &[id.as_bytes()]),
-                    v,
-                );
-                batch.put(
-                    &self.ks.index,
-                    codec::index_key(
-                        qid,
-                        kind::DEDUP_EXPIRY,
-                        &[&expires.to_be_bytes(), id.as_bytes()],
-                    ),
-                    Vec::new(),
-                );
+                self.remember_dedup(&mut batch, qid, id.as_bytes(), expires, seq);
                 batch_dedup.insert(id.clone(), seq);
             }
             let delay = m.delay.unwrap_or(config.delay).as_millis();
@@ -556,11 +626,24 @@ impl Engine {
         Ok((outcomes, ticket, notify))
     }
 
-    fn dedup_lookup(&self, qid: u64, id: &str, now: u64) -> Result<Option<u64>> {
+    /// Remembers dedup id `id` of queue or topic `qid` for `seq` until `expires`.
+    fn remember_dedup(&self, batch: &mut Batch, qid: u64, id: &[u8], expires: u64, seq: u64) {
+        let mut v = expires.to_le_bytes().to_vec();
+        v.extend_from_slice(&seq.to_le_bytes());
+        batch.put(&self.ks.index, codec::index_key(qid, kind::DEDUP, &[id]), v);
+        batch.put(
+            &self.ks.index,
+            codec::index_key(qid, kind::DEDUP_EXPIRY, &[&expires.to_be_bytes(), id]),
+            Vec::new(),
+        );
+    }
+
+    /// The sequence number (or offset) remembered for a live dedup id of `qid`.
+    fn dedup_lookup(&self, qid: u64, id: &[u8], now: u64) -> Result<Option<u64>> {
         let Some(v) = self
             .ks
             .index
-            .get(&codec::index_key(qid, kind::DEDUP, &[id.as_bytes()]))?
+            .get(&codec::index_key(qid, kind::DEDUP, &[id]))?
         else {
             return Ok(None);
         };
@@ -587,11 +670,13 @@ impl Engine {
             .get(&qid)
             .cloned()
             .ok_or(Corrupt { what: "queue id" })?;
-        batch.put(&self.ks.msg, codec::msg_key(qid, seq), record.encode());
         let q = self
             .queues
             .get_mut(&name)
             .ok_or(Corrupt { what: "queue id" })?;
+        if q.source.is_none() {
+            batch.put(&self.ks.msg, codec::msg_key(qid, seq), record.encode());
+        }
         q.retention_hint = q.retention_hint.min(seq);
         let location = if q.config.fifo {
             let group = record.group.as_deref().unwrap_or("");
@@ -632,8 +717,11 @@ impl Engine {
             q.config.retention.as_millis(),
             q.config.max_in_flight as usize,
         );
-        if q.leases.len() >= in_flight_max && (q.counters.ready > 0) {
+        if q.leases.len() >= in_flight_max && self.has_backlog(q) {
             return Err(Error::InFlightLimit(in_flight_max as u32));
+        }
+        if fifo && q.source.is_some() {
+            self.pump_fifo(name, now)?;
         }
         let mut batch = self.store.batch();
         let mut out = Vec::new();
@@ -643,7 +731,9 @@ impl Engine {
             if q.leases.len() >= in_flight_max {
                 break;
             }
-            let (seq, group) = if fifo {
+            // `fresh`: taken from a subscription's topic log for the first time, so it has
+            // no delivery state yet.
+            let (seq, group, fresh) = if fifo {
                 let Some(group) = q.groups.lease_next(now) else {
                     break;
                 };
@@ -653,20 +743,49 @@ impl Engine {
                     q.groups.on_remove_head(&group, None, now);
                     continue;
                 };
-                (seq, Some(group))
+                (seq, Some(group), false)
             } else {
-                let Some((rseq, seq)) = self.next_ready(name)? else {
-                    break;
-                };
-                batch.delete(&self.ks.index, codec::ready_key(qid, rseq));
-                (seq, None)
+                match self.next_ready(name)? {
+                    None => break,
+                    Some(Ready::Indexed { rseq, seq }) => {
+                        batch.delete(&self.ks.index, codec::ready_key(qid, rseq));
+                        (seq, None, false)
+                    }
+                    Some(Ready::Log(offset)) => (offset, None, true),
+                }
             };
-            let record = self.read_message(qid, seq)?;
-            let mut state = self.read_state(qid, seq)?;
+            let Some(record) = self.read_record(qid, seq)? else {
+                // A subscription's event that left its topic's log before delivery.
+                self.drop_vanished(
+                    &mut batch,
+                    name,
+                    seq,
+                    group.as_deref(),
+                    fresh,
+                    &mut removed,
+                    now,
+                )?;
+                continue;
+            };
+            let mut state = if fresh {
+                MessageState {
+                    receive_count: 0,
+                    first_receive_ms: 0,
+                    visible_at: now,
+                    location: Location::Fifo,
+                }
+            } else {
+                self.read_state(qid, seq)?
+            };
             if delivery::is_expired(record.sent_ms, retention_ms, now) {
                 // Past retention: dropped instead of delivered.
-                self.remove_message(&mut batch, name, seq, &mut removed, now)?;
-                self.queue_mut(name)?.counters.expired_total += 1;
+                if fresh {
+                    self.queue_mut(name)?.counters.expired_total += 1;
+                    self.dirty.insert(qid);
+                } else {
+                    self.remove_message(&mut batch, name, seq, &mut removed, now)?;
+                    self.queue_mut(name)?.counters.expired_total += 1;
+                }
                 continue;
             }
             state.receive_count += 1;
@@ -682,7 +801,9 @@ impl Engine {
                 Vec::new(),
             );
             let q = self.queue_mut(name)?;
-            q.counters.ready -= 1;
+            if !fresh {
+                q.counters.ready -= 1;
+            }
             q.counters.leased += 1;
             q.leases.insert(
                 seq,
@@ -695,6 +816,7 @@ impl Engine {
             self.dirty.insert(qid);
             out.push(Delivery {
                 id: codec::message_id(seq),
+                seq,
                 receipt: Receipt {
                     qid,
                     seq,
@@ -734,8 +856,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Pops the next ready entry of a standard queue, refilling the window from the store.
-    fn next_ready(&mut self, name: &str) -> Result<Option<(u64, u64)>> {
+    /// Pops the next ready entry of a standard queue, refilling the window from the store;
+    /// a subscription then takes the next matching event from its topic's log.
+    fn next_ready(&mut self, name: &str) -> Result<Option<Ready>> {
+        match self.next_indexed(name)? {
+            Some((rseq, seq)) => Ok(Some(Ready::Indexed { rseq, seq })),
+            None if self.queue(name)?.source.is_some() => {
+                Ok(self.next_from_log(name)?.map(Ready::Log))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn next_indexed(&mut self, name: &str) -> Result<Option<(u64, u64)>> {
         let q = self.queue_mut(name)?;
         if let Some(entry) = q.window.pop_front() {
             return Ok(Some(entry));
@@ -809,6 +942,7 @@ impl Engine {
             (q.qid, q.notify.clone())
         };
         let is_dead_letter_queue = self.has_dead_letter_sources(name);
+        let owns_records = self.owns_records(qid);
         let mut batch = self.store.batch();
         let mut outcomes = Vec::with_capacity(receipts.len());
         let mut removed = HashSet::new();
@@ -829,7 +963,9 @@ impl Engine {
                 codec::lease_key(qid, lease.deadline_ms, seq),
             );
             batch.delete(&self.ks.state, codec::msg_key(qid, seq));
-            batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+            if owns_records {
+                batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+            }
             removed.insert(seq);
             if let Some(group) = &lease.group {
                 batch.delete(&self.ks.index, codec::fifo_key(qid, group, seq));
@@ -938,8 +1074,11 @@ impl Engine {
                     .map(|n| n.to_string())
                     .ok_or_else(|| Error::NoDeadLetterQueue(name.to_owned()))?;
                 let dlq_qid = self.queue(&dlq_name)?.qid;
-                let mut record = self.read_message(qid, seq)?;
-                batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+                let owns_records = self.owns_records(qid);
+                let record = self.read_record(qid, seq)?;
+                if owns_records {
+                    batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+                }
                 batch.delete(&self.ks.state, codec::msg_key(qid, seq));
                 removed.insert(seq);
                 if let Some(group) = &lease.group {
@@ -957,6 +1096,11 @@ impl Engine {
                         .groups
                         .on_remove_head(group, next, now);
                 }
+                let Some(mut record) = record else {
+                    // A subscription's event already gone from its topic's log.
+                    self.queue_mut(name)?.counters.expired_total += 1;
+                    return Ok(None);
+                };
                 // A message dead-lettered twice (from a DLQ with its own DLQ) frees its
                 // first source's count.
                 self.release_dead_letter_count(&record)?;
@@ -971,9 +1115,18 @@ impl Engine {
                     error,
                     attempts: state.receive_count,
                     at_ms: now,
+                    source_seq: (!owns_records).then_some(seq),
                 });
                 self.queue_mut(name)?.counters.dead_lettered += 1;
-                self.insert_message(batch, dlq_qid, seq, &record, now, 0, 0, now)?;
+                // A subscription's events are numbered by topic offset, which another
+                // source's message may share: the copy gets a sequence number of its own.
+                let dlq_seq = if owns_records {
+                    seq
+                } else {
+                    self.next_seq += 1;
+                    self.next_seq - 1
+                };
+                self.insert_message(batch, dlq_qid, dlq_seq, &record, now, 0, 0, now)?;
                 tracing::debug!(queue = name, dead_letter_queue = %dlq_name, reason = reason_code, "message dead-lettered");
                 Ok(Some(self.queue(&dlq_name)?.notify.clone()))
             }
@@ -1034,14 +1187,31 @@ impl Engine {
         now: u64,
     ) -> Result<MessageRecord> {
         let q = self.queue(name)?;
-        let (qid, fifo) = (q.qid, q.config.fifo);
-        let record = self.read_message(qid, seq)?;
+        let (qid, fifo, owns_records) = (q.qid, q.config.fifo, q.source.is_none());
+        let record = match self.read_record(qid, seq)? {
+            Some(r) => r,
+            None if !owns_records => MessageRecord {
+                sent_ms: 0,
+                group: fifo.then(|| self.find_fifo_group(qid, seq)).transpose()?,
+                dedup_id: None,
+                attributes: Vec::new(),
+                body: Vec::new(),
+                dead_letter: None,
+            },
+            None => {
+                return Err(Error::Corrupt(Corrupt {
+                    what: "message (missing)",
+                }));
+            }
+        };
         let state = self.read_state(qid, seq)?;
         let group = record.group.clone().unwrap_or_default();
         // Usually the oldest message of its group, but redrive from a dead-letter queue
         // shared by several sources can take one from behind the head.
         let was_head = fifo && self.fifo_head(qid, &group, removed)? == Some(seq);
-        batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+        if owns_records {
+            batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
+        }
         batch.delete(&self.ks.state, codec::msg_key(qid, seq));
         removed.insert(seq);
         match state.location {
@@ -1082,6 +1252,9 @@ impl Engine {
     }
 
     pub(crate) fn purge(&mut self, name: &str) -> Result<(u64, Ticket)> {
+        if self.queue(name)?.source.is_some() {
+            return self.reset_subscription(name);
+        }
         let qid = self.queue(name)?.qid;
         let mut total = 0;
         let start = codec::msg_key(qid, 0);
@@ -1157,6 +1330,17 @@ impl Engine {
                     // Someone is inspecting it in the dead-letter queue; leave it there.
                     continue;
                 }
+                let target_seq = record
+                    .dead_letter
+                    .as_ref()
+                    .and_then(|d| d.source_seq)
+                    .unwrap_or(seq);
+                if self.queue(name)?.source.is_some()
+                    && self.read_record(qid, target_seq)?.is_none()
+                {
+                    // The event left its topic's log; only the copy here remains.
+                    continue;
+                }
                 let mut record =
                     self.remove_message(&mut batch, &dlq_name, seq, &mut removed, now)?;
                 if let Some(group) = &record.group
@@ -1169,7 +1353,7 @@ impl Engine {
                     self.queue_mut(name)?.groups.unpark(group, now);
                 }
                 record.dead_letter = None;
-                self.insert_message(&mut batch, qid, seq, &record, now, 0, 0, now)?;
+                self.insert_message(&mut batch, qid, target_seq, &record, now, 0, 0, now)?;
                 moved += 1;
             }
         }
@@ -1184,9 +1368,14 @@ impl Engine {
         // Each kind of work writes its own batch: later work reads what earlier work wrote.
         let mut woken = Vec::new();
         let mut ticket = self.flush(self.store.batch())?;
+        woken.extend(self.tick_topics(now)?);
         let names: Vec<String> = self.queues.keys().cloned().collect();
         for name in names {
             let mut wake = false;
+            if let Some(w) = self.pump_subscription(&name, now)? {
+                woken.push(w);
+                wake = true;
+            }
             let mut batch = self.store.batch();
             wake |= self.promote_delayed(&mut batch, &name, now)?;
             self.flush(batch)?;
@@ -1282,11 +1471,16 @@ impl Engine {
         }
         q.housekeeping_next_check = now + HOUSEKEEPING_MS;
         self.enforce_retention(batch, name, now)?;
-        self.expire_dedup(batch, name, now)
+        let qid = self.queue(name)?.qid;
+        self.expire_dedup(batch, qid, now)
     }
 
     fn enforce_retention(&mut self, batch: &mut Batch, name: &str, now: u64) -> Result<()> {
         let q = self.queue(name)?;
+        if q.source.is_some() {
+            // A subscription's events are kept, and dropped, by its topic.
+            return Ok(());
+        }
         let (qid, retention, hint) = (q.qid, q.config.retention.as_millis(), q.retention_hint);
         let end = codec::prefix_end(&codec::queue_prefix(qid));
         let entries = self
@@ -1320,8 +1514,8 @@ impl Engine {
         Ok(())
     }
 
-    fn expire_dedup(&mut self, batch: &mut Batch, name: &str, now: u64) -> Result<()> {
-        let qid = self.queue(name)?.qid;
+    /// Forgets expired dedup ids of queue or topic `qid`.
+    fn expire_dedup(&mut self, batch: &mut Batch, qid: u64, now: u64) -> Result<()> {
         let start = codec::index_key(qid, kind::DEDUP_EXPIRY, &[]);
         let end = codec::index_key(qid, kind::DEDUP_EXPIRY, &[&(now + 1).to_be_bytes()]);
         for key in self.ks.index.keys(&start, &end, TICK_BATCH)? {
@@ -1373,6 +1567,24 @@ fn push_delayed(
     Location::Delayed(due)
 }
 
+/// Where the next message of a standard queue comes from.
+enum Ready {
+    /// The ready index.
+    Indexed { rseq: u64, seq: u64 },
+    /// A subscription's topic log, at this offset.
+    Log(u64),
+}
+
+fn not_found(name: &str) -> Error {
+    match name.split_once('/') {
+        Some((topic, subscription)) => Error::SubscriptionNotFound {
+            topic: topic.to_owned(),
+            subscription: subscription.to_owned(),
+        },
+        None => Error::QueueNotFound(name.to_owned()),
+    }
+}
+
 fn split_fifo_key(key: &[u8]) -> Result<(&[u8], u64)> {
     let len = *key.get(9).ok_or(Corrupt { what: "fifo key" })? as usize;
     let part = key.get(9..10 + len).ok_or(Corrupt { what: "fifo key" })?;
@@ -1419,6 +1631,10 @@ fn validate_message(m: &NewMessage, config: &QueueConfig) -> Result<()> {
     }
     Ok(())
 }
+
+mod topics;
+
+pub(crate) use topics::subscription_queue;
 
 #[cfg(test)]
 mod tests;

@@ -82,7 +82,7 @@ fn check_text(name: &str, s: &str) -> Result<(), EventError> {
 
 fn is_base64(s: &str) -> bool {
     let body = s.trim_end_matches('=');
-    s.len() % 4 == 0
+    s.len().is_multiple_of(4)
         && s.len() - body.len() <= 2
         && body
             .bytes()

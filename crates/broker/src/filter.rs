@@ -293,7 +293,7 @@ fn numeric(v: &Value, path: &str) -> Result<Vec<(Cmp, f64)>, PatternError> {
     let Value::Array(items) = v else {
         return Err(err(path, "numeric takes a list like [\">\", 0, \"<=\", 5]"));
     };
-    if items.is_empty() || items.len() % 2 != 0 || items.len() > 4 {
+    if items.is_empty() || !items.len().is_multiple_of(2) || items.len() > 4 {
         return Err(err(
             path,
             "numeric takes one or two operator/number pairs, like [\">\", 0, \"<=\", 5]",

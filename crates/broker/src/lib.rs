@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Backoff, ConfigError, QueueConfig};
 use engine::Engine;
+pub use event::EventError;
+pub use filter::{Filter, PatternError};
+pub use topic_config::{Compaction, Start, SubscriptionConfig, Target, TopicConfig};
 
 /// Most messages in one send or receive call.
 pub const BATCH_MAX: usize = 1_000;
@@ -78,6 +81,26 @@ pub enum Error {
     Corrupt(#[from] codec::Corrupt),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    #[error("subscription {subscription:?} of topic {topic:?} does not exist")]
+    SubscriptionNotFound { topic: String, subscription: String },
+    #[error("invalid filter: {0}")]
+    InvalidFilter(#[from] PatternError),
+    #[error("invalid CloudEvent: {0}")]
+    InvalidEvent(EventError),
+    #[error("event of {size} bytes is larger than the topic's max_event_size of {max}")]
+    EventTooLarge { size: usize, max: u64 },
+    #[error("compaction cannot change after a topic is created")]
+    CompactionImmutable,
+    #[error("topic {0:?} is not compacted")]
+    NotCompacted(String),
+    #[error("key {key:?} has no live event in topic {topic:?}")]
+    KeyNotFound { topic: String, key: String },
+    #[error("{0}")]
+    PositionOutOfRange(String),
+    #[error("target queue {0:?} does not exist")]
+    TargetQueueNotFound(String),
 }
 
 /// Broker result.
@@ -125,6 +148,8 @@ pub struct DeadLetterInfo {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: String,
+    /// Sequence number; for a subscription, the event's topic offset.
+    pub seq: u64,
     /// JSON text.
     pub body: Vec<u8>,
     /// JSON object text.
@@ -180,6 +205,77 @@ pub struct Redrive {
     pub moved: u64,
     /// Messages of this queue still in its dead-letter queue.
     pub remaining: u64,
+}
+
+/// The outcome of one event of a publish.
+#[derive(Debug, Clone)]
+pub enum PublishOutcome {
+    /// Stored at this offset.
+    Published { id: String, offset: u64 },
+    /// The same `source` and `id` were published within the dedup window, at this offset;
+    /// not stored again.
+    Duplicate { id: String, offset: u64 },
+    /// Rejected; nothing was stored for it.
+    Failed(Error),
+}
+
+/// An event as stored in a topic's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub offset: u64,
+    pub published_ms: u64,
+    /// Structured-mode CloudEvents JSON.
+    pub event: Vec<u8>,
+}
+
+/// A page of a topic's log.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub events: Vec<StoredEvent>,
+    /// Where the next page starts.
+    pub next: u64,
+}
+
+/// A topic's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicStats {
+    pub first_offset: u64,
+    pub next_offset: u64,
+    /// Events retained in the log.
+    pub events: u64,
+    pub bytes: u64,
+    /// Compacted topics: live keys.
+    pub keys: Option<u64>,
+    pub published_total: u64,
+    pub dedup_hits_total: u64,
+    pub expired_total: u64,
+    pub compacted_total: u64,
+}
+
+/// A topic's definition and counts.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub name: String,
+    pub config: TopicConfig,
+    pub created_ms: u64,
+    pub stats: TopicStats,
+    pub subscriptions: Vec<String>,
+}
+
+/// A subscription's definition, position and delivery counts.
+#[derive(Debug, Clone)]
+pub struct SubscriptionInfo {
+    pub topic: String,
+    pub name: String,
+    pub config: SubscriptionConfig,
+    pub created_ms: u64,
+    /// The next topic offset the subscription has not taken yet.
+    pub cursor: u64,
+    /// Events after the cursor, before filtering.
+    pub backlog: u64,
+    /// Delivery counts: `visible` counts retries waiting and FIFO members moved ahead,
+    /// not the backlog.
+    pub stats: QueueStats,
 }
 
 /// Broker settings.
@@ -424,6 +520,138 @@ impl Broker {
         self.shared.store.durable(ticket).await?;
         notify.notify_waiters();
         Ok(redrive)
+    }
+
+    // ---- topics ----
+
+    /// Creates topic `name`, or updates its configuration. Returns whether it was created.
+    pub async fn put_topic(&self, name: &Name, config: TopicConfig) -> Result<bool> {
+        config.validate()?;
+        let now = self.now();
+        let (created, ticket) = self.lock().put_topic(name, config, now)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(created)
+    }
+
+    /// The definition and counts of topic `name`.
+    pub fn get_topic(&self, name: &str) -> Result<TopicInfo> {
+        self.lock().get_topic(name)
+    }
+
+    /// Every topic, by name.
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        self.lock().list_topics()
+    }
+
+    /// Deletes topic `name`, its log and its subscriptions.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let (ticket, woken) = self.lock().delete_topic(name)?;
+        for n in woken {
+            n.notify_waiters();
+        }
+        self.shared.store.durable(ticket).await?;
+        Ok(())
+    }
+
+    /// Publishes structured-mode CloudEvents; each is stored, recognised as a duplicate, or
+    /// rejected on its own. Answers once the stored ones are durable.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Vec<PublishOutcome>> {
+        if events.len() > BATCH_MAX {
+            return Err(Error::BatchTooLarge(events.len()));
+        }
+        let now = self.now();
+        let (outcomes, ticket, woken) = self.lock().publish(topic, events, now)?;
+        self.shared.store.durable(ticket).await?;
+        for n in woken {
+            n.notify_waiters();
+        }
+        Ok(outcomes)
+    }
+
+    /// Up to `limit` events of `topic` from a position (an offset past the end reads
+    /// nothing).
+    pub fn read_events(&self, topic: &str, from: Start, limit: usize) -> Result<EventPage> {
+        let engine = self.lock();
+        let offset = match from {
+            Start::Offset(n) => n,
+            Start::Time(ms) => engine.offset_at_time(topic, ms)?,
+            Start::Earliest => 0,
+            Start::Latest => engine.get_topic(topic)?.stats.next_offset,
+        };
+        engine.read_events(topic, offset, limit)
+    }
+
+    /// Notified whenever events are published to `topic` (for live readers).
+    pub fn topic_waker(&self, topic: &str) -> Result<Waker> {
+        self.lock().topic_notify(topic)
+    }
+
+    /// The latest event of `key` in compacted topic `topic`.
+    pub fn table_get(&self, topic: &str, key: &str) -> Result<StoredEvent> {
+        self.lock().table_get(topic, key)
+    }
+
+    /// Up to `limit` live keys of compacted topic `topic` after `after`, with their events.
+    pub fn table_page(
+        &self,
+        topic: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredEvent)>> {
+        self.lock().table_page(topic, after, limit)
+    }
+
+    // ---- subscriptions ----
+
+    /// The name under which the queue operations (`receive`, `ack`, `nack`, `extend`,
+    /// `redrive`) reach subscription `sub` of `topic`.
+    pub fn subscription_queue(topic: &str, sub: &str) -> String {
+        engine::subscription_queue(topic, sub)
+    }
+
+    /// Creates subscription `sub` on `topic`, or updates it. Returns whether it was created.
+    pub async fn put_subscription(
+        &self,
+        topic: &str,
+        sub: &Name,
+        config: SubscriptionConfig,
+    ) -> Result<bool> {
+        config.validate()?;
+        let now = self.now();
+        let (created, ticket) = self.lock().put_subscription(topic, sub, config, now)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(created)
+    }
+
+    pub fn get_subscription(&self, topic: &str, sub: &str) -> Result<SubscriptionInfo> {
+        let now = self.now();
+        self.lock().get_subscription(topic, sub, now)
+    }
+
+    pub fn list_subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionInfo>> {
+        let now = self.now();
+        self.lock().list_subscriptions(topic, now)
+    }
+
+    /// Deletes subscription `sub` of `topic` and its delivery state.
+    pub async fn delete_subscription(&self, topic: &str, sub: &str) -> Result<()> {
+        let (ticket, notify) = self.lock().delete_subscription(topic, sub)?;
+        notify.notify_waiters();
+        self.shared.store.durable(ticket).await?;
+        Ok(())
+    }
+
+    /// Moves subscription `sub` to a position; returns the offset it now starts from.
+    /// Its leases and pending retries are dropped: delivery starts again from there.
+    pub async fn seek(&self, topic: &str, sub: &str, to: Start) -> Result<u64> {
+        let (offset, ticket, notify) = self.lock().seek(topic, sub, to)?;
+        self.shared.store.durable(ticket).await?;
+        notify.notify_waiters();
+        Ok(offset)
     }
 
     /// Wakes every long poll (used at shutdown, together with cancelling their token).

@@ -10,9 +10,9 @@ use crate::{Broker, Delivery, Error, Nack, NewMessage, Options, QueueConfig, Sen
 
 const T0: u64 = 1_700_000_000_000;
 
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
-    clock: ManualClock,
+    pub(crate) clock: ManualClock,
     broker: Option<Broker>,
 }
 
@@ -37,11 +37,11 @@ fn open_broker(dir: &std::path::Path, clock: &ManualClock) -> Broker {
 }
 
 impl Fixture {
-    fn b(&self) -> &Broker {
+    pub(crate) fn b(&self) -> &Broker {
         self.broker.as_ref().expect("broker is open")
     }
 
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let broker = open_broker(dir.path(), &clock);
@@ -53,24 +53,24 @@ impl Fixture {
     }
 
     /// Drops the broker and opens the same data directory again, as after a crash.
-    fn reopen(&mut self) {
+    pub(crate) fn reopen(&mut self) {
         self.broker = None;
         self.broker = Some(open_broker(self.dir.path(), &self.clock));
     }
 
-    async fn queue(&self, name: &str, config: QueueConfig) {
+    pub(crate) async fn queue(&self, name: &str, config: QueueConfig) {
         self.b()
             .put_queue(&Name::new(name).unwrap(), config)
             .await
             .unwrap();
     }
 
-    async fn send(&self, queue: &str, bodies: &[&str]) -> Vec<String> {
+    pub(crate) async fn send(&self, queue: &str, bodies: &[&str]) -> Vec<String> {
         let msgs = bodies.iter().map(|b| msg(b)).collect();
         ids(self.b().send(queue, msgs).await.unwrap())
     }
 
-    async fn receive(&self, queue: &str, max: usize) -> Vec<Delivery> {
+    pub(crate) async fn receive(&self, queue: &str, max: usize) -> Vec<Delivery> {
         self.b()
             .receive(
                 queue,
@@ -83,18 +83,18 @@ impl Fixture {
             .unwrap()
     }
 
-    async fn advance(&self, ms: u64) {
+    pub(crate) async fn advance(&self, ms: u64) {
         self.clock.advance(ms);
         self.b().tick().await.unwrap();
     }
 
-    fn stats(&self, queue: &str) -> (u64, u64, u64, u64) {
+    pub(crate) fn stats(&self, queue: &str) -> (u64, u64, u64, u64) {
         let s = self.b().get_queue(queue).unwrap().stats;
         (s.visible, s.leased, s.delayed, s.dead_lettered)
     }
 }
 
-fn msg(body: &str) -> NewMessage {
+pub(crate) fn msg(body: &str) -> NewMessage {
     NewMessage {
         body: format!("\"{body}\"").into_bytes(),
         attributes: b"{}".to_vec(),
@@ -130,11 +130,11 @@ fn bodies(d: &[Delivery]) -> Vec<String> {
         .collect()
 }
 
-fn receipts(d: &[Delivery]) -> Vec<String> {
+pub(crate) fn receipts(d: &[Delivery]) -> Vec<String> {
     d.iter().map(|m| m.receipt.clone()).collect()
 }
 
-fn no_backoff() -> crate::Backoff {
+pub(crate) fn no_backoff() -> crate::Backoff {
     crate::Backoff {
         initial: HumanDuration::ZERO,
         max: HumanDuration::ZERO,
