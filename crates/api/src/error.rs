@@ -34,6 +34,17 @@ pub mod code {
     pub const CORRUPT_DATA: &str = "corrupt_data";
     pub const STORAGE_FAILED: &str = "storage_failed";
     pub const SHUTTING_DOWN: &str = "shutting_down";
+    pub const TOPIC_NOT_FOUND: &str = "topic_not_found";
+    pub const SUBSCRIPTION_NOT_FOUND: &str = "subscription_not_found";
+    pub const INVALID_FILTER: &str = "invalid_filter";
+    pub const INVALID_EVENT: &str = "invalid_event";
+    pub const EVENT_TOO_LARGE: &str = "event_too_large";
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    pub const COMPACTION_IMMUTABLE: &str = "compaction_immutable";
+    pub const NOT_COMPACTED: &str = "not_compacted";
+    pub const KEY_NOT_FOUND: &str = "key_not_found";
+    pub const POSITION_OUT_OF_RANGE: &str = "position_out_of_range";
+    pub const TARGET_QUEUE_NOT_FOUND: &str = "target_queue_not_found";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -63,6 +74,17 @@ pub mod code {
         CORRUPT_DATA,
         STORAGE_FAILED,
         SHUTTING_DOWN,
+        TOPIC_NOT_FOUND,
+        SUBSCRIPTION_NOT_FOUND,
+        INVALID_FILTER,
+        INVALID_EVENT,
+        EVENT_TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE,
+        COMPACTION_IMMUTABLE,
+        NOT_COMPACTED,
+        KEY_NOT_FOUND,
+        POSITION_OUT_OF_RANGE,
+        TARGET_QUEUE_NOT_FOUND,
     ];
 }
 
@@ -129,12 +151,26 @@ impl From<BrokerError> for ApiError {
             Store(_) => (StatusCode::SERVICE_UNAVAILABLE, code::STORAGE_FAILED),
             Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, code::CORRUPT_DATA),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, code::SHUTTING_DOWN),
+            TopicNotFound(_) => (StatusCode::NOT_FOUND, code::TOPIC_NOT_FOUND),
+            SubscriptionNotFound { .. } => (StatusCode::NOT_FOUND, code::SUBSCRIPTION_NOT_FOUND),
+            InvalidFilter(_) => (StatusCode::BAD_REQUEST, code::INVALID_FILTER),
+            InvalidEvent(_) => (StatusCode::BAD_REQUEST, code::INVALID_EVENT),
+            EventTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::EVENT_TOO_LARGE),
+            CompactionImmutable => (StatusCode::CONFLICT, code::COMPACTION_IMMUTABLE),
+            NotCompacted(_) => (StatusCode::CONFLICT, code::NOT_COMPACTED),
+            KeyNotFound { .. } => (StatusCode::NOT_FOUND, code::KEY_NOT_FOUND),
+            PositionOutOfRange(_) => (StatusCode::BAD_REQUEST, code::POSITION_OUT_OF_RANGE),
+            TargetQueueNotFound(_) => (StatusCode::BAD_REQUEST, code::TARGET_QUEUE_NOT_FOUND),
         };
         let mut err = ApiError::new(status, code, detail);
         match e {
             InvalidConfig(c) => err = err.with_extra(json!({ "field": c.field })),
             OutOfRange { field, .. } => err = err.with_extra(json!({ "field": field })),
             QueueInUse { used_by, .. } => err = err.with_extra(json!({ "used_by": used_by })),
+            InvalidFilter(p) => {
+                err = err.with_extra(json!({ "path": format!("filter{}", p.path) }))
+            }
+            InvalidEvent(e) => err = err.with_extra(json!({ "attribute": e.attribute })),
             InFlightLimit(_) => err = err.retry_after(1),
             Store(_) | ShuttingDown => err = err.retry_after(5),
             _ => {}

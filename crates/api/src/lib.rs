@@ -6,6 +6,8 @@
 
 mod error;
 mod queues;
+mod stream;
+mod topics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +104,50 @@ pub fn router(state: AppState) -> Router {
         .route("/queues/{name}/extend", post(queues::extend))
         .route("/queues/{name}/purge", post(queues::purge))
         .route("/queues/{name}/redrive", post(queues::redrive))
+        .route("/topics", get(topics::list))
+        .route(
+            "/topics/{topic}",
+            get(topics::get).put(topics::put).delete(topics::delete),
+        )
+        .route(
+            "/topics/{topic}/events",
+            get(topics::read).post(topics::publish),
+        )
+        .route("/topics/{topic}/stream", get(stream::topic_stream))
+        .route("/topics/{topic}/table", get(topics::table))
+        .route("/topics/{topic}/table/{key}", get(topics::table_key))
+        .route("/topics/{topic}/subscriptions", get(topics::list_subs))
+        .route(
+            "/topics/{topic}/subscriptions/{sub}",
+            get(topics::get_sub)
+                .put(topics::put_sub)
+                .delete(topics::delete_sub),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{sub}/receive",
+            post(topics::receive),
+        )
+        .route("/topics/{topic}/subscriptions/{sub}/ack", post(topics::ack))
+        .route(
+            "/topics/{topic}/subscriptions/{sub}/nack",
+            post(topics::nack),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{sub}/extend",
+            post(topics::extend),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{sub}/redrive",
+            post(topics::redrive),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{sub}/seek",
+            post(topics::seek),
+        )
+        .route(
+            "/topics/{topic}/subscriptions/{sub}/stream",
+            get(stream::subscription_stream),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
@@ -233,6 +279,21 @@ mod tests {
             "/v1/queues/{name}/extend",
             "/v1/queues/{name}/purge",
             "/v1/queues/{name}/redrive",
+            "/v1/topics",
+            "/v1/topics/{topic}",
+            "/v1/topics/{topic}/events",
+            "/v1/topics/{topic}/stream",
+            "/v1/topics/{topic}/table",
+            "/v1/topics/{topic}/table/{key}",
+            "/v1/topics/{topic}/subscriptions",
+            "/v1/topics/{topic}/subscriptions/{sub}",
+            "/v1/topics/{topic}/subscriptions/{sub}/receive",
+            "/v1/topics/{topic}/subscriptions/{sub}/ack",
+            "/v1/topics/{topic}/subscriptions/{sub}/nack",
+            "/v1/topics/{topic}/subscriptions/{sub}/extend",
+            "/v1/topics/{topic}/subscriptions/{sub}/redrive",
+            "/v1/topics/{topic}/subscriptions/{sub}/seek",
+            "/v1/topics/{topic}/subscriptions/{sub}/stream",
         ] {
             assert!(
                 paths.contains_key(route),

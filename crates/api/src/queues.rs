@@ -25,12 +25,17 @@ const ATTRIBUTES_MAX: usize = 64;
 const REDRIVE_MAX: u64 = 10_000;
 
 fn name(raw: &str) -> Result<Name, ApiError> {
+    resource_name("queue", raw)
+}
+
+/// Parses a resource name from a path; `what` names the kind of resource in the error.
+pub(crate) fn resource_name(what: &str, raw: &str) -> Result<Name, ApiError> {
     Name::new(raw)
-        .map_err(|e| ApiError::bad_request(code::INVALID_NAME, format!("queue name {raw:?}: {e}")))
+        .map_err(|e| ApiError::bad_request(code::INVALID_NAME, format!("{what} name {raw:?}: {e}")))
 }
 
 #[derive(Serialize)]
-struct StatsView {
+pub(crate) struct StatsView {
     visible: u64,
     leased: u64,
     delayed: u64,
@@ -76,7 +81,7 @@ impl From<QueueInfo> for QueueView {
     }
 }
 
-fn to_json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+pub(crate) fn to_json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     json_response(
         status,
         serde_json::to_string(v).expect("response serializes"),
@@ -147,14 +152,14 @@ struct SendEntry {
 
 /// The failed entries of a batch call, and the problem to answer if none succeeded.
 #[derive(Default)]
-struct Failures {
-    entries: Vec<Value>,
+pub(crate) struct Failures {
+    pub(crate) entries: Vec<Value>,
     first: Option<(StatusCode, &'static str, String)>,
 }
 
 impl Failures {
     /// Records that the entry identified by `key: at` failed with `e`.
-    fn push(&mut self, key: &'static str, at: Value, e: &BrokerError) {
+    pub(crate) fn push(&mut self, key: &'static str, at: Value, e: &BrokerError) {
         let api = ApiError::from(e.clone());
         self.first
             .get_or_insert((api.status, api.code, api.detail.clone()));
@@ -163,7 +168,7 @@ impl Failures {
     }
 
     /// The first failure's problem listing every failure, when no entry succeeded.
-    fn problem_if_all_failed(&self, succeeded: usize) -> Option<ApiError> {
+    pub(crate) fn problem_if_all_failed(&self, succeeded: usize) -> Option<ApiError> {
         let (status, code, detail) = self.first.clone()?;
         (succeeded == 0).then(|| {
             ApiError::new(status, code, detail).with_extra(json!({ "failed": self.entries }))
@@ -171,7 +176,7 @@ impl Failures {
     }
 
     /// Adds the `failed` list to a 200 answer.
-    fn add_to(self, resp: &mut Value) {
+    pub(crate) fn add_to(self, resp: &mut Value) {
         if !self.entries.is_empty() {
             resp["failed"] = Value::Array(self.entries);
         }
@@ -263,7 +268,18 @@ pub(crate) async fn receive(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name(&raw)?;
-    let req: ReceiveRequest = read_json(&state, body).await?;
+    receive_from(&state, name.as_str(), body, render_deliveries).await
+}
+
+/// Receive on a queue of the delivery engine (a queue or a subscription), rendering the
+/// deliveries with `render`.
+pub(crate) async fn receive_from(
+    state: &AppState,
+    queue: &str,
+    body: Body,
+    render: fn(&[Delivery]) -> String,
+) -> Result<Response, ApiError> {
+    let req: ReceiveRequest = read_json(state, body).await?;
     // Long polls hold a permit; when none is left the client backs off instead of piling up.
     let _permit = if req.wait > HumanDuration::ZERO {
         Some(
@@ -287,17 +303,14 @@ pub(crate) async fn receive(
     let deliveries = state
         .broker()
         .receive(
-            name.as_str(),
+            queue,
             req.max,
             req.wait,
             req.lease_timeout,
             &state.inner.shutdown,
         )
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        render_deliveries(&deliveries),
-    ))
+    Ok(json_response(StatusCode::OK, render(&deliveries)))
 }
 
 /// Writes the receive response by hand: bodies and attributes are stored as JSON text and
@@ -327,20 +340,25 @@ fn render_deliveries(deliveries: &[Delivery]) -> String {
         out.push_str(std::str::from_utf8(&d.body).unwrap_or("null"));
         out.push_str(",\"attributes\":");
         out.push_str(std::str::from_utf8(&d.attributes).unwrap_or("{}"));
-        if let Some(dl) = &d.dead_letter {
-            let info = json!({
-                "source_queue": dl.source_queue,
-                "reason": dl.reason,
-                "error": dl.error,
-                "attempts": dl.attempts,
-                "at_ms": dl.at_ms,
-            });
-            let _ = write!(out, ",\"dead_letter\":{info}");
-        }
+        write_dead_letter(&mut out, d);
         out.push('}');
     }
     out.push_str("]}");
     out
+}
+
+/// Appends `,"dead_letter":{...}` for a message that was dead-lettered.
+pub(crate) fn write_dead_letter(out: &mut String, d: &Delivery) {
+    if let Some(dl) = &d.dead_letter {
+        let info = json!({
+            "source_queue": dl.source_queue,
+            "reason": dl.reason,
+            "error": dl.error,
+            "attempts": dl.attempts,
+            "at_ms": dl.at_ms,
+        });
+        let _ = write!(out, ",\"dead_letter\":{info}");
+    }
 }
 
 #[derive(Deserialize)]
@@ -393,8 +411,16 @@ pub(crate) async fn ack(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name(&raw)?;
-    let req: ReceiptsRequest = read_json(&state, body).await?;
-    let outcomes = state.broker().ack(name.as_str(), &req.receipts).await?;
+    ack_on(&state, name.as_str(), body).await
+}
+
+pub(crate) async fn ack_on(
+    state: &AppState,
+    queue: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: ReceiptsRequest = read_json(state, body).await?;
+    let outcomes = state.broker().ack(queue, &req.receipts).await?;
     receipts_response("acked", &req.receipts, outcomes)
 }
 
@@ -404,7 +430,15 @@ pub(crate) async fn nack(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name(&raw)?;
-    let req: NackRequest = read_json(&state, body).await?;
+    nack_on(&state, name.as_str(), body).await
+}
+
+pub(crate) async fn nack_on(
+    state: &AppState,
+    queue: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: NackRequest = read_json(state, body).await?;
     if req.reason.as_ref().is_some_and(|r| r.len() > 4_096) {
         return Err(ApiError::bad_request(
             code::INVALID_REQUEST,
@@ -415,10 +449,7 @@ pub(crate) async fn nack(
         delay: req.delay,
         reason: req.reason,
     };
-    let outcomes = state
-        .broker()
-        .nack(name.as_str(), &req.receipts, nack)
-        .await?;
+    let outcomes = state.broker().nack(queue, &req.receipts, nack).await?;
     receipts_response("nacked", &req.receipts, outcomes)
 }
 
@@ -428,10 +459,18 @@ pub(crate) async fn extend(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name(&raw)?;
-    let req: ExtendRequest = read_json(&state, body).await?;
+    extend_on(&state, name.as_str(), body).await
+}
+
+pub(crate) async fn extend_on(
+    state: &AppState,
+    queue: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: ExtendRequest = read_json(state, body).await?;
     let outcomes = state
         .broker()
-        .extend(name.as_str(), &req.receipts, req.lease_timeout)
+        .extend(queue, &req.receipts, req.lease_timeout)
         .await?;
     receipts_response("extended", &req.receipts, outcomes)
 }
@@ -457,7 +496,15 @@ pub(crate) async fn redrive(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = name(&raw)?;
-    let req: RedriveRequest = read_json(&state, body).await?;
+    redrive_on(&state, name.as_str(), body).await
+}
+
+pub(crate) async fn redrive_on(
+    state: &AppState,
+    queue: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: RedriveRequest = read_json(state, body).await?;
     let max = req.max.unwrap_or(REDRIVE_MAX);
     if max == 0 || max > REDRIVE_MAX {
         return Err(ApiError::bad_request(
@@ -465,7 +512,7 @@ pub(crate) async fn redrive(
             format!("max must be 1..={REDRIVE_MAX}; call again for more"),
         ));
     }
-    let r = state.broker().redrive(name.as_str(), max).await?;
+    let r = state.broker().redrive(queue, max).await?;
     Ok(to_json(
         StatusCode::OK,
         &json!({ "moved": r.moved, "remaining": r.remaining }),

@@ -694,4 +694,5 @@ fn check_range(
     Ok(())
 }
 
-pub(crate) type Waker = Arc<Notify>;
+/// Wakes whoever waits for new messages or events.
+pub type Waker = Arc<Notify>;

@@ -1,0 +1,212 @@
+//! Live push: Server-Sent Events of a topic's events, or of the events a subscription's
+//! filter selects, as they are published. Each SSE `id` is the event's offset, so a client
+//! that reconnects with `Last-Event-ID` resumes right after the last event it saw.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_broker::{Filter, Start};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::queues::resource_name;
+use crate::{ApiError, AppState, code};
+
+/// Events read from the log per step.
+const STEP: usize = 256;
+/// Longest wait for new events before the stream checks again.
+const IDLE: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamQuery {
+    from: Option<String>,
+    /// An event pattern, as JSON text.
+    filter: Option<String>,
+}
+
+struct Tail {
+    state: AppState,
+    topic: String,
+    next: u64,
+    filter: Filter,
+    /// Held while the stream is open: streams count against the long-poll limit.
+    _permit: OwnedSemaphorePermit,
+    pending: std::vec::IntoIter<Event>,
+}
+
+fn permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state
+        .inner
+        .long_polls
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                code::TOO_MANY_LONG_POLLS,
+                "too many long polls and streams are open; retry later",
+            )
+            .retry_after(1)
+        })
+}
+
+/// `Last-Event-ID` wins over `from`: a reconnecting client resumes after its last event.
+fn start_from(headers: &HeaderMap, from: Option<&str>, default: Start) -> Result<Start, ApiError> {
+    if let Some(last) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+    {
+        let n: u64 = last.trim().parse().map_err(|_| {
+            ApiError::bad_request(
+                code::INVALID_REQUEST,
+                format!("Last-Event-ID {last:?} is not an offset this server sent"),
+            )
+        })?;
+        return Ok(Start::Offset(n + 1));
+    }
+    match from {
+        None => Ok(default),
+        Some(f) => match f.trim().parse::<u64>() {
+            Ok(n) => Ok(Start::Offset(n)),
+            Err(_) => Start::parse(f.trim()).ok_or_else(|| {
+                ApiError::bad_request(
+                    code::INVALID_REQUEST,
+                    format!("from {f:?} is not a position: use earliest, latest, an offset or time:RFC3339"),
+                )
+                .with_extra(json!({ "field": "from" }))
+            }),
+        },
+    }
+}
+
+fn query_filter(filter: Option<&str>) -> Result<Option<Filter>, ApiError> {
+    let Some(text) = filter else {
+        return Ok(None);
+    };
+    let pattern: Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request(
+            code::INVALID_FILTER,
+            format!("filter is not valid JSON: {e}"),
+        )
+    })?;
+    Ok(Some(
+        Filter::compile(&pattern).map_err(sluice_broker::Error::from)?,
+    ))
+}
+
+fn resolve(state: &AppState, topic: &str, at: Start) -> Result<u64, ApiError> {
+    let b = state.broker();
+    Ok(match at {
+        Start::Offset(n) => n,
+        Start::Latest => b.get_topic(topic)?.stats.next_offset,
+        Start::Earliest => b.get_topic(topic)?.stats.first_offset,
+        Start::Time(_) => b.read_events(topic, at, 1)?.events.first().map_or_else(
+            || b.get_topic(topic).map(|t| t.stats.next_offset),
+            |e| Ok(e.offset),
+        )?,
+    })
+}
+
+pub(crate) async fn topic_stream(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = resource_name("topic", &raw)?;
+    let filter = query_filter(q.filter.as_deref())?.unwrap_or_else(Filter::all);
+    let at = start_from(&headers, q.from.as_deref(), Start::Latest)?;
+    let next = resolve(&state, topic.as_str(), at)?;
+    open(state, topic.to_string(), next, filter)
+}
+
+pub(crate) async fn subscription_stream(
+    State(state): State<AppState>,
+    Path((topic, sub)): Path<(String, String)>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = resource_name("topic", &topic)?;
+    let sub = resource_name("subscription", &sub)?;
+    if q.filter.is_some() {
+        return Err(ApiError::bad_request(
+            code::INVALID_REQUEST,
+            "a subscription's stream uses the subscription's filter",
+        ));
+    }
+    let info = state
+        .broker()
+        .get_subscription(topic.as_str(), sub.as_str())?;
+    let filter = Filter::compile(&info.config.filter).map_err(sluice_broker::Error::from)?;
+    let at = start_from(&headers, q.from.as_deref(), Start::Offset(info.cursor))?;
+    let next = resolve(&state, topic.as_str(), at)?;
+    open(state, topic.to_string(), next, filter)
+}
+
+fn open(state: AppState, topic: String, next: u64, filter: Filter) -> Result<Response, ApiError> {
+    let tail = Tail {
+        _permit: permit(&state)?,
+        state,
+        topic,
+        next,
+        filter,
+        pending: Vec::new().into_iter(),
+    };
+    let events = stream::unfold(tail, |mut tail| async move {
+        loop {
+            if let Some(e) = tail.pending.next() {
+                return Some((Ok::<_, Infallible>(e), tail));
+            }
+            let shutdown = tail.state.inner.shutdown.clone();
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            let waker = tail.state.broker().topic_waker(&tail.topic).ok()?;
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let page = tail
+                .state
+                .broker()
+                .read_events(&tail.topic, Start::Offset(tail.next), STEP)
+                .ok()?;
+            tail.next = page.next;
+            let full = page.events.len() == STEP;
+            let mut batch = Vec::new();
+            for e in page.events {
+                let value: Value = match serde_json::from_slice(&e.event) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                if tail.filter.matches(&value) {
+                    let data = String::from_utf8(e.event).unwrap_or_default();
+                    batch.push(Event::default().id(e.offset.to_string()).data(data));
+                }
+            }
+            if !batch.is_empty() {
+                tail.pending = batch.into_iter();
+                continue;
+            }
+            if full {
+                // Only non-matching events so far; more are already in the log.
+                continue;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(IDLE) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(IDLE))
+        .into_response())
+}
