@@ -117,13 +117,26 @@ impl TestServer {
         Self::read(resp).await
     }
 
-    /// Posts raw bytes with a content type.
+    /// Sends raw bytes as `application/json`.
     pub async fn call_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        self.call_with(method, path, &[("content-type", "application/json")], body)
+            .await
+    }
+
+    /// Sends raw bytes with the given headers.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let resp = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .header("content-type", "application/json")
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req
             .body(body)
             .send()
             .await
