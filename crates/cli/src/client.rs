@@ -57,14 +57,71 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(&b);
         }
+        self.send(req).await
+    }
+
+    /// Posts raw bytes with a content type.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let req = self
+            .request(reqwest::Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.send(req).await
+    }
+
+    /// Opens a long-lived GET (a Server-Sent Events stream): no overall timeout.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<u64>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client")?;
+        let mut req = http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the Sluice server at {}; is `sluice serve` running?",
+                self.base
+            )
+        })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            bail!(
+                "{}: {} (HTTP {status})",
+                value["code"].as_str().unwrap_or("error"),
+                value["detail"].as_str().unwrap_or("")
+            );
+        }
+        Ok(resp)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = req.send().await.with_context(|| {
             format!(
                 "cannot reach the Sluice server at {}; is `sluice serve` running?",

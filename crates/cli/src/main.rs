@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod queue;
+mod topic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(
     name = "sluice",
     version,
-    about = "Sluice: durable queues and the operations around them, in one binary"
+    about = "Sluice: durable queues and topics and the operations around them, in one binary"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +29,10 @@ enum Command {
     Serve(ServeArgs),
     /// Manage queues and their messages on a running server.
     Queue(Box<queue::QueueArgs>),
+    /// Manage topics: publish CloudEvents, read, tail, compacted tables.
+    Topic(Box<topic::TopicArgs>),
+    /// Manage subscriptions of topics: filters, seek, receive and ack.
+    Sub(Box<topic::SubArgs>),
     /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -83,6 +88,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Queue(args) => runtime.block_on(queue::run(*args)),
+        Command::Topic(args) => runtime.block_on(topic::run_topic(*args)),
+        Command::Sub(args) => runtime.block_on(topic::run_sub(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }

@@ -499,7 +499,7 @@ async fn redrive(
     Ok(())
 }
 
-fn print_or(json_out: bool, v: &Value, human: &str) {
+pub(crate) fn print_or(json_out: bool, v: &Value, human: &str) {
     if json_out {
         println!("{v}");
     } else {
@@ -507,7 +507,7 @@ fn print_or(json_out: bool, v: &Value, human: &str) {
     }
 }
 
-fn print_receipts(json_out: bool, v: &Value, verb: &str) {
+pub(crate) fn print_receipts(json_out: bool, v: &Value, verb: &str) {
     if json_out {
         println!("{v}");
         return;

@@ -19,7 +19,9 @@ const CYCLES: usize = 10;
 const GROUPS: u64 = 50;
 
 /// (name, config, does an event with `data.n = n` match)
-fn subscriptions() -> Vec<(&'static str, Value, fn(u64) -> bool)> {
+type SubSpec = (&'static str, Value, fn(u64) -> bool);
+
+fn subscriptions() -> Vec<SubSpec> {
     vec![
         ("all", json!({"start": "earliest"}), |_| true),
         (
@@ -243,7 +245,8 @@ async fn every_subscription_sees_every_acknowledged_match_across_sigkills() {
     }
     server.crash_and_restart();
 
-    let mut l = ledger.lock().unwrap();
+    // Every task has ended: the ledger is ours alone now.
+    let mut l = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(
         l.published.len() > 100,
         "load made progress: {}",

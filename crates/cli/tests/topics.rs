@@ -759,3 +759,112 @@ async fn bad_topic_input_gets_its_code_and_loses_nothing() {
     let (_, t) = s.call("GET", "/v1/topics/t", None).await;
     assert_eq!(t["stats"]["events"], 2, "only the valid events were stored");
 }
+
+/// Runs `sluice ARGS --server URL --output json`; returns stdout as JSON lines.
+fn cli(s: &TestServer, args: &[&str]) -> Vec<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .args(["--server", s.url(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cli_drives_topics_and_subscriptions() {
+    let s = server();
+    cli(&s, &["topic", "create", "orders", "--retention", "1d"]);
+    cli(
+        &s,
+        &[
+            "topic",
+            "create",
+            "customers",
+            "--compact",
+            "--tombstone-type",
+            "gone",
+        ],
+    );
+    cli(
+        &s,
+        &[
+            "sub",
+            "create",
+            "orders",
+            "big",
+            "--filter",
+            r#"{"data":{"n":[{"numeric":[">",1]}]}}"#,
+            "--start",
+            "earliest",
+        ],
+    );
+    for n in 0..4 {
+        let data = format!(r#"{{"n":{n}}}"#);
+        let out = cli(
+            &s,
+            &[
+                "topic",
+                "publish",
+                "orders",
+                "--type",
+                "order.placed",
+                "--subject",
+                "o",
+                "--data",
+                &data,
+            ],
+        );
+        assert_eq!(out[0]["events"][0]["offset"], n);
+    }
+    cli(
+        &s,
+        &[
+            "topic",
+            "publish",
+            "customers",
+            "--type",
+            "set",
+            "--subject",
+            "c1",
+            "--data",
+            "1",
+        ],
+    );
+    let got = cli(
+        &s,
+        &["sub", "receive", "orders", "big", "--max", "10", "--ack"],
+    );
+    let ns: Vec<&Value> = got[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["event"]["data"]["n"])
+        .collect();
+    assert_eq!(ns, vec![&json!(2), &json!(3)]);
+    let read = cli(
+        &s,
+        &["topic", "read", "orders", "--from", "1", "--limit", "2"],
+    );
+    assert_eq!(read[0]["next"], 3);
+    let table = cli(&s, &["topic", "table", "customers", "c1"]);
+    assert_eq!(table[0]["entry"]["event"]["data"], 1);
+    let seek = cli(&s, &["sub", "seek", "orders", "big", "offset:3"]);
+    assert_eq!(seek[0]["offset"], 3);
+    let info = cli(&s, &["sub", "get", "orders", "big"]);
+    assert_eq!(info[0]["cursor"], 3);
+    let list = cli(&s, &["topic", "list"]);
+    assert_eq!(list[0]["topics"].as_array().unwrap().len(), 2);
+    cli(&s, &["sub", "delete", "orders", "big"]);
+    cli(&s, &["topic", "delete", "orders"]);
+    let list = cli(&s, &["topic", "list"]);
+    assert_eq!(list[0]["topics"][0]["name"], "customers");
+}
