@@ -4,6 +4,8 @@
 //! - W2: send single messages at a fixed rate and measure send→deliver latency from each
 //!   message's intended send time, so a stalled server cannot hide its stall (no coordinated
 //!   omission).
+//! - W3: publish N CloudEvents to a topic with 4 subscriptions and receive and ack them on
+//!   every subscription: all 4 matching every event, then each matching a quarter.
 //!
 //! Client and server share the machine, so the client's own work (JSON, HTTP) is part of
 //! every figure; the report says so.
@@ -24,6 +26,7 @@ use crate::client::{ClientArgs, Output};
 pub enum Workload {
     W1,
     W2,
+    W3,
     All,
 }
 
@@ -55,6 +58,9 @@ pub struct BenchArgs {
     /// W2: how long to send.
     #[arg(long, default_value = "10s")]
     duration: HumanDuration,
+    /// W3: events published per phase.
+    #[arg(long, default_value_t = 50_000)]
+    events: usize,
     /// Repetitions of each workload; the report gives the median and the range.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -68,10 +74,19 @@ struct Http {
 
 impl Http {
     async fn post(&self, path: &str, body: String) -> anyhow::Result<Vec<u8>> {
+        self.post_as(path, "application/json", body).await
+    }
+
+    async fn post_as(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> anyhow::Result<Vec<u8>> {
         let mut req = self
             .client
             .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(body);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -119,8 +134,9 @@ struct Received<'a> {
 #[derive(Deserialize)]
 struct ReceivedMessage<'a> {
     receipt: &'a str,
-    #[serde(borrow)]
-    body: &'a serde_json::value::RawValue,
+    /// Queue messages carry a body, subscription deliveries an event.
+    #[serde(borrow, default)]
+    body: Option<&'a serde_json::value::RawValue>,
 }
 
 /// A JSON string body of exactly `size` bytes, quotes included.
@@ -143,7 +159,8 @@ fn ack_body(receipts: &[&str]) -> String {
     s
 }
 
-/// Receives and acks until `target` messages are acked in total; calls `on_body` for each.
+/// Receives and acks on `queue` (a queue's or subscription's API path) until `target`
+/// messages are acked in total; calls `on_body` for each queue message.
 async fn consume(
     http: Arc<Http>,
     queue: String,
@@ -162,17 +179,17 @@ async fn consume(
             );
         }
         let body = http
-            .post(&format!("/v1/queues/{queue}/receive"), receive.clone())
+            .post(&format!("{queue}/receive"), receive.clone())
             .await?;
         let got: Received = serde_json::from_slice(&body).context("parsing receive")?;
         if got.messages.is_empty() {
             continue;
         }
-        for m in &got.messages {
-            on_body(m.body.get());
+        for body in got.messages.iter().filter_map(|m| m.body) {
+            on_body(body.get());
         }
         let receipts: Vec<&str> = got.messages.iter().map(|m| m.receipt).collect();
-        http.post(&format!("/v1/queues/{queue}/ack"), ack_body(&receipts))
+        http.post(&format!("{queue}/ack"), ack_body(&receipts))
             .await?;
         acked.fetch_add(receipts.len(), Ordering::AcqRel);
     }
@@ -240,7 +257,12 @@ async fn consume_all(
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut tasks = Vec::new();
     for _ in 0..args.consumers {
-        let (http, acked, queue, max) = (http.clone(), acked.clone(), queue.to_owned(), args.batch);
+        let (http, acked, queue, max) = (
+            http.clone(),
+            acked.clone(),
+            format!("/v1/queues/{queue}"),
+            args.batch,
+        );
         tasks.push(tokio::spawn(async move {
             consume(http, queue, max, acked, total, deadline, |_| {}).await
         }));
@@ -313,7 +335,7 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
         let (http, acked, queue, latencies) = (
             http.clone(),
             acked.clone(),
-            queue.clone(),
+            format!("/v1/queues/{queue}"),
             latencies.clone(),
         );
         consumers.push(tokio::spawn(async move {
@@ -376,6 +398,144 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
         p99_us: pct(0.99),
         p999_us: pct(0.999),
         max_us: *l.last().unwrap_or(&0),
+    })
+}
+
+struct W3 {
+    publish: f64,
+    deliveries: f64,
+    concurrent: f64,
+    quarter: f64,
+}
+
+const W3_SUBSCRIPTIONS: usize = 4;
+
+/// A structured CloudEvent of about `size` bytes, with its own id and time so that what is
+/// stored is the size published.
+fn w3_event(n: usize, size: usize) -> String {
+    let head = format!(
+        "{{\"specversion\":\"1.0\",\"id\":\"{n:012}\",\"source\":\"/bench\",\"type\":\"bench.tick\",\"time\":\"2026-11-30T00:00:00.000Z\",\"data\":{{\"k\":{},\"p\":\"",
+        n % W3_SUBSCRIPTIONS
+    );
+    format!(
+        "{head}{}\"}}}}",
+        "x".repeat(size.saturating_sub(head.len() + 3))
+    )
+}
+
+/// Publishes events `[from, from + total)` to `topic` in batches from `producers` tasks.
+async fn publish(
+    http: &Arc<Http>,
+    topic: &str,
+    from: usize,
+    total: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.producers {
+        let (http, next, batch, size) = (http.clone(), next.clone(), args.batch, args.size);
+        let path = format!("/v1/topics/{topic}/events");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(batch, Ordering::AcqRel);
+                if start >= total {
+                    return anyhow::Ok(());
+                }
+                let n = batch.min(total - start);
+                let mut body = String::with_capacity(n * (size + 1) + 2);
+                body.push('[');
+                for i in 0..n {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&w3_event(from + start + i, size));
+                }
+                body.push(']');
+                http.post_as(&path, "application/cloudevents-batch+json", body)
+                    .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// One consumer per subscription, each until it acked `per_sub`.
+async fn consume_subscriptions(
+    http: &Arc<Http>,
+    topic: &str,
+    per_sub: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut tasks = Vec::new();
+    for s in 0..W3_SUBSCRIPTIONS {
+        let (http, max) = (http.clone(), args.batch);
+        let path = format!("/v1/topics/{topic}/subscriptions/s{s}");
+        tasks.push(tokio::spawn(async move {
+            let acked = Arc::new(AtomicUsize::new(0));
+            consume(http, path, max, acked, per_sub, deadline, |_| {}).await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn w3_topic(http: &Arc<Http>, topic: &str, quarter: bool) -> anyhow::Result<()> {
+    http.put(&format!("/v1/topics/{topic}"), json!({})).await?;
+    for s in 0..W3_SUBSCRIPTIONS {
+        let filter = if quarter {
+            json!({"data": {"k": [s]}})
+        } else {
+            Value::Null
+        };
+        http.put(
+            &format!("/v1/topics/{topic}/subscriptions/s{s}"),
+            json!({ "filter": filter }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn w3(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W3> {
+    let n = args.events - args.events % W3_SUBSCRIPTIONS;
+    let topic = format!("bench-w3-{}-{run}", std::process::id());
+    w3_topic(http, &topic, false).await?;
+    let t = Instant::now();
+    publish(http, &topic, 0, n, args).await?;
+    let publish_rate = rate(n, t.elapsed());
+    let t = Instant::now();
+    consume_subscriptions(http, &topic, n, args).await?;
+    let deliveries = rate(n * W3_SUBSCRIPTIONS, t.elapsed());
+    // Both at once: the clock stops when the last subscription acked its last event.
+    let t = Instant::now();
+    let (p, c) = tokio::join!(
+        publish(http, &topic, n, n, args),
+        consume_subscriptions(http, &topic, n, args)
+    );
+    p?;
+    c?;
+    let concurrent = rate(n * W3_SUBSCRIPTIONS, t.elapsed());
+    http.delete(&format!("/v1/topics/{topic}")).await;
+    // Each subscription matches a quarter of the events.
+    let topic = format!("bench-w3q-{}-{run}", std::process::id());
+    w3_topic(http, &topic, true).await?;
+    publish(http, &topic, 0, n, args).await?;
+    let t = Instant::now();
+    consume_subscriptions(http, &topic, n / W3_SUBSCRIPTIONS, args).await?;
+    let quarter = rate(n, t.elapsed());
+    http.delete(&format!("/v1/topics/{topic}")).await;
+    Ok(W3 {
+        publish: publish_rate,
+        deliveries,
+        concurrent,
+        quarter,
     })
 }
 
@@ -473,6 +633,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "p99_us": summary(&p99),
             "p999_us": summary(&p999),
             "max_us": summary(&max),
+        });
+    }
+    if matches!(args.workload, Workload::W3 | Workload::All) {
+        let (mut p, mut d, mut c, mut q) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for run in 0..args.runs {
+            let r = w3(&http, &args, run).await?;
+            if human {
+                eprintln!(
+                    "W3 run {}: publish {:.0} events/s, 4 subscriptions deliver+ack {:.0}/s, concurrent {:.0}/s, 25% filters {:.0}/s",
+                    run + 1,
+                    r.publish,
+                    r.deliveries,
+                    r.concurrent,
+                    r.quarter
+                );
+            }
+            p.push(r.publish);
+            d.push(r.deliveries);
+            c.push(r.concurrent);
+            q.push(r.quarter);
+        }
+        report["w3"] = json!({
+            "events": args.events,
+            "subscriptions": W3_SUBSCRIPTIONS,
+            "batch": args.batch,
+            "producers": args.producers,
+            "publish_events_per_s": summary(&p),
+            "deliveries_per_s": summary(&d),
+            "concurrent_deliveries_per_s": summary(&c),
+            "quarter_filter_deliveries_per_s": summary(&q),
         });
     }
     println!(

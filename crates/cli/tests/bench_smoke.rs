@@ -5,7 +5,7 @@ use serde_json::Value;
 use sluice_testkit::TestServer;
 
 #[test]
-fn bench_runs_both_workloads_and_reports_json() {
+fn bench_runs_every_workload_and_reports_json() {
     let server = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["bench", "--server", server.url(), "--output", "json"])
@@ -18,6 +18,8 @@ fn bench_runs_both_workloads_and_reports_json() {
             "200",
             "--duration",
             "1s",
+            "--events",
+            "2000",
         ])
         .output()
         .expect("running sluice bench");
@@ -41,4 +43,15 @@ fn bench_runs_both_workloads_and_reports_json() {
     let p50 = report["w2"]["p50_us"]["median"].as_f64().unwrap();
     let p999 = report["w2"]["p999_us"]["median"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 <= p999, "{report}");
+    for key in [
+        "publish_events_per_s",
+        "deliveries_per_s",
+        "concurrent_deliveries_per_s",
+        "quarter_filter_deliveries_per_s",
+    ] {
+        assert!(
+            report["w3"][key]["median"].as_f64().unwrap() > 0.0,
+            "{key}: {report}"
+        );
+    }
 }
