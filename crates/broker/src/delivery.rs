@@ -166,6 +166,11 @@ impl LeaseTable {
             .collect()
     }
 
+    /// The smallest leased sequence number (a scan of the table).
+    pub fn min_seq(&self) -> Option<u64> {
+        self.by_seq.keys().min().copied()
+    }
+
     /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<u64> {
         self.by_deadline.first().map(|(d, _)| *d)

@@ -373,6 +373,27 @@ impl Engine {
         self.queues.get_mut(name).ok_or_else(|| not_found(name))
     }
 
+    /// Deletes every key under `prefix` in `ks`, a chunk per batch, each scan starting after
+    /// the last deleted key so no tombstone is stepped over twice. Returns how many.
+    fn delete_prefix(&self, ks: &Keyspace, prefix: &[u8]) -> Result<u64> {
+        let end = codec::prefix_end(prefix);
+        let mut start = prefix.to_vec();
+        let mut total = 0;
+        loop {
+            let keys = ks.keys(&start, &end, PURGE_CHUNK)?;
+            let Some(last) = keys.last() else {
+                return Ok(total);
+            };
+            start = [last.as_ref(), &[0]].concat();
+            total += keys.len() as u64;
+            let mut batch = self.store.batch();
+            for k in keys {
+                batch.delete(ks, k);
+            }
+            self.store.write(batch)?;
+        }
+    }
+
     /// Writes the batch with every dirty queue's and topic's counters and the sequence
     /// counters.
     fn write(&mut self, mut batch: Batch) -> Result<Ticket> {
@@ -544,21 +565,7 @@ impl Engine {
         let notify = q.notify.clone();
         self.purge(name)?;
         // Remove whatever is left under the queue's id: dedup ids, parked groups.
-        let prefix = codec::queue_prefix(qid);
-        loop {
-            let keys = self
-                .ks
-                .index
-                .keys(&prefix, &codec::prefix_end(&prefix), PURGE_CHUNK)?;
-            if keys.is_empty() {
-                break;
-            }
-            let mut batch = self.store.batch();
-            for k in keys {
-                batch.delete(&self.ks.index, k);
-            }
-            self.store.write(batch)?;
-        }
+        self.delete_prefix(&self.ks.index, &codec::queue_prefix(qid))?;
         let mut batch = self.store.batch();
         batch.delete(&self.ks.meta, queue_meta_key(name));
         batch.delete(&self.ks.meta, counters_key(qid));
@@ -1257,13 +1264,16 @@ impl Engine {
         }
         let qid = self.queue(name)?.qid;
         let mut total = 0;
-        let start = codec::msg_key(qid, 0);
+        let mut start = codec::msg_key(qid, 0);
         let end = codec::prefix_end(&codec::queue_prefix(qid));
         loop {
             let keys = self.ks.msg.keys(&start, &end, PURGE_CHUNK)?;
-            if keys.is_empty() {
+            let Some(last) = keys.last() else {
                 break;
-            }
+            };
+            // Go on after the last key: the deleted ones stay behind as tombstones that a
+            // scan from the start would have to step over again.
+            start = [last.as_ref(), &[0]].concat();
             let mut batch = self.store.batch();
             let mut removed = HashSet::new();
             for k in &keys {

@@ -36,8 +36,6 @@ const STEP: usize = 1_000;
 const COMPACTION_STEP: usize = 10_000;
 /// Log entries a receive examines for matches before it answers with what it found.
 const SCAN_MAX: usize = 4 * WINDOW_MAX;
-/// Log entries removed per batch when a topic is deleted.
-const DELETE_CHUNK: usize = 10_000;
 /// How often retention and compaction run per topic.
 const HOUSEKEEPING_MS: u64 = 1_000;
 
@@ -422,19 +420,8 @@ impl Engine {
             woken.push(w);
         }
         let prefix = codec::queue_prefix(tid);
-        for ks in [self.ks.log.clone(), self.ks.index.clone()] {
-            loop {
-                let keys = ks.keys(&prefix, &codec::prefix_end(&prefix), DELETE_CHUNK)?;
-                if keys.is_empty() {
-                    break;
-                }
-                let mut batch = self.store.batch();
-                for k in keys {
-                    batch.delete(&ks, k);
-                }
-                self.store.write(batch)?;
-            }
-        }
+        self.delete_prefix(&self.ks.log, &prefix)?;
+        self.delete_prefix(&self.ks.index, &prefix)?;
         let mut batch = self.store.batch();
         batch.delete(&self.ks.meta, topic_meta_key(name));
         batch.delete(&self.ks.meta, counters_key(tid));
@@ -917,27 +904,8 @@ impl Engine {
     pub(super) fn reset_subscription(&mut self, name: &str) -> Result<(u64, Ticket)> {
         let qid = self.queue(name)?.qid;
         let prefix = codec::queue_prefix(qid);
-        let end = codec::prefix_end(&prefix);
-        let mut total = 0;
-        for (ks, is_state) in [
-            (self.ks.state.clone(), true),
-            (self.ks.index.clone(), false),
-        ] {
-            loop {
-                let keys = ks.keys(&prefix, &end, DELETE_CHUNK)?;
-                if keys.is_empty() {
-                    break;
-                }
-                if is_state {
-                    total += keys.len() as u64;
-                }
-                let mut batch = self.store.batch();
-                for k in keys {
-                    batch.delete(&ks, k);
-                }
-                self.store.write(batch)?;
-            }
-        }
+        let total = self.delete_prefix(&self.ks.state, &prefix)?;
+        self.delete_prefix(&self.ks.index, &prefix)?;
         let q = self.queue_mut(name)?;
         q.counters = Counters {
             cursor: q.counters.cursor,
@@ -1164,38 +1132,32 @@ impl Engine {
         Ok(())
     }
 
-    /// Publish time of the oldest event a subscription has not finished with.
+    /// Publish time of the oldest event a subscription has not finished with, among its
+    /// leased events, the retries ready now and the event at its cursor. (Delivery state in
+    /// the store is not scanned: acked entries leave tombstones a scan would step over.)
     pub(super) fn oldest_pending_event(&self, q: &QueueState) -> Result<Option<u64>> {
         let Some(src) = &q.source else {
             return Ok(None);
         };
-        let mut oldest = None;
-        let state_prefix = codec::queue_prefix(q.qid);
-        let first_state = self
-            .ks
-            .state
-            .keys(&state_prefix, &codec::prefix_end(&state_prefix), 1)?
-            .first()
-            .map(|k| codec::u64_at(k, 8))
-            .transpose()?;
         let t = self.topic(&src.topic)?;
         let candidates = [
-            first_state,
+            q.leases.min_seq(),
+            q.window.front().map(|(_, seq)| *seq),
             (q.counters.cursor < t.counters.next_offset).then_some(q.counters.cursor),
         ];
+        let Some(from) = candidates.into_iter().flatten().min() else {
+            return Ok(None);
+        };
         let end = codec::prefix_end(&codec::queue_prefix(src.tid));
-        for from in candidates.into_iter().flatten() {
-            if let Some((_, v)) = self
-                .ks
-                .log
-                .range(&codec::log_key(src.tid, from), &end, 1)?
-                .first()
-            {
-                let ms = LogEntry::decode(v)?.published_ms;
-                oldest = Some(oldest.map_or(ms, |o: u64| o.min(ms)));
-            }
+        match self
+            .ks
+            .log
+            .range(&codec::log_key(src.tid, from), &end, 1)?
+            .first()
+        {
+            Some((_, v)) => Ok(Some(LogEntry::decode(v)?.published_ms)),
+            None => Ok(None),
         }
-        Ok(oldest)
     }
 
     /// Subscriptions that forward into queue `name`.
