@@ -439,6 +439,12 @@ impl Broker {
                 self.shared.store.durable(ticket).await?;
                 return Ok(deliveries);
             }
+            // A subscription stops each receive after a bounded scan of its log; while
+            // unexamined events remain, look again at once instead of waiting.
+            if tokio::time::Instant::now() < deadline && self.lock().has_unscanned(queue) {
+                tokio::task::yield_now().await;
+                continue;
+            }
             // Wake up at the deadline, on a send, or on the next background tick at the
             // latest, whichever comes first (delays and lease expiries land on ticks).
             let poll = tokio::time::Instant::now() + Duration::from_millis(250);

@@ -962,6 +962,18 @@ impl Engine {
             })
     }
 
+    /// Whether `name` is a subscription with log entries it has not examined yet.
+    pub(crate) fn has_unscanned(&self, name: &str) -> bool {
+        self.queues
+            .get(name)
+            .and_then(|q| q.source.as_ref())
+            .is_some_and(|s| {
+                self.topics
+                    .get(&s.topic)
+                    .is_some_and(|t| s.scan_next < t.counters.next_offset)
+            })
+    }
+
     /// The next matching event of a standard subscription's log; moves the cursor past it.
     pub(super) fn next_from_log(&mut self, name: &str) -> Result<Option<u64>> {
         let mut scanned = 0;
