@@ -45,6 +45,7 @@ pub mod code {
     pub const KEY_NOT_FOUND: &str = "key_not_found";
     pub const POSITION_OUT_OF_RANGE: &str = "position_out_of_range";
     pub const TARGET_QUEUE_NOT_FOUND: &str = "target_queue_not_found";
+    pub const NOT_PULL: &str = "subscription_not_pull";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -85,6 +86,7 @@ pub mod code {
         KEY_NOT_FOUND,
         POSITION_OUT_OF_RANGE,
         TARGET_QUEUE_NOT_FOUND,
+        NOT_PULL,
     ];
 }
 
@@ -161,6 +163,7 @@ impl From<BrokerError> for ApiError {
             KeyNotFound { .. } => (StatusCode::NOT_FOUND, code::KEY_NOT_FOUND),
             PositionOutOfRange(_) => (StatusCode::BAD_REQUEST, code::POSITION_OUT_OF_RANGE),
             TargetQueueNotFound(_) => (StatusCode::BAD_REQUEST, code::TARGET_QUEUE_NOT_FOUND),
+            NotPull { .. } => (StatusCode::CONFLICT, code::NOT_PULL),
         };
         let mut err = ApiError::new(status, code, detail);
         match e {

@@ -724,6 +724,16 @@ impl Engine {
             q.config.retention.as_millis(),
             q.config.max_in_flight as usize,
         );
+        if let Some(queue) = q
+            .source
+            .as_ref()
+            .and_then(topics::LogSource::forward_target)
+        {
+            return Err(Error::NotPull {
+                subscription: name.to_owned(),
+                queue: queue.to_owned(),
+            });
+        }
         if q.leases.len() >= in_flight_max && self.has_backlog(q) {
             return Err(Error::InFlightLimit(in_flight_max as u32));
         }

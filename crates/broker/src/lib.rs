@@ -101,6 +101,10 @@ pub enum Error {
     PositionOutOfRange(String),
     #[error("target queue {0:?} does not exist")]
     TargetQueueNotFound(String),
+    #[error(
+        "subscription {subscription:?} forwards its events to queue {queue:?}; receive from that queue"
+    )]
+    NotPull { subscription: String, queue: String },
 }
 
 /// Broker result.

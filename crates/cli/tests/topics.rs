@@ -451,6 +451,13 @@ async fn bad_topic_input_gets_its_code_and_loses_nothing() {
     let s = server();
     put(&s, "/v1/topics/t", json!({"max_event_size": 300})).await;
     put(&s, "/v1/topics/c", json!({"compaction": {}})).await;
+    put(&s, "/v1/queues/q", json!({})).await;
+    put(
+        &s,
+        "/v1/topics/t/subscriptions/fwd",
+        json!({"target": {"type": "queue", "queue": "q"}}),
+    )
+    .await;
     let ce_json = ("content-type", "application/cloudevents+json");
     let batch = ("content-type", "application/cloudevents-batch+json");
     let ev = |v: Value| serde_json::to_vec(&v).unwrap();
@@ -699,6 +706,14 @@ async fn bad_topic_input_gets_its_code_and_loses_nothing() {
             Vec::new(),
             409,
             "not_compacted",
+        ),
+        (
+            "POST",
+            "/v1/topics/t/subscriptions/fwd/receive",
+            vec![],
+            Vec::new(),
+            409,
+            "subscription_not_pull",
         ),
         (
             "GET",

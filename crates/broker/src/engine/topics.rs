@@ -170,6 +170,14 @@ impl LogSource {
             .unwrap_or_default()
     }
 
+    /// The queue a forwarding subscription sends its events into.
+    pub(crate) fn forward_target(&self) -> Option<&str> {
+        match &self.config.target {
+            Target::Queue { queue } => Some(queue.as_str()),
+            Target::Pull => None,
+        }
+    }
+
     fn matches(&self, event: &[u8]) -> Result<bool> {
         if self.filter.is_all() {
             return Ok(true);
