@@ -331,14 +331,7 @@ impl Engine {
         };
         let entry = LogEntry::decode(&v)?;
         let group = q.config.fifo.then(|| src.group_of(&entry.event));
-        Ok(Some(MessageRecord {
-            sent_ms: entry.published_ms,
-            group,
-            dedup_id: None,
-            attributes: b"{}".to_vec(),
-            body: entry.event,
-            dead_letter: None,
-        }))
+        Ok(Some(topics::record_of(entry, group)))
     }
 
     /// The group of a FIFO member found by its key alone (its event is gone from the log).
@@ -750,7 +743,7 @@ impl Engine {
             }
             // `fresh`: taken from a subscription's topic log for the first time, so it has
             // no delivery state yet.
-            let (seq, group, fresh) = if fifo {
+            let (seq, group, fresh, scanned) = if fifo {
                 let Some(group) = q.groups.lease_next(now) else {
                     break;
                 };
@@ -760,18 +753,22 @@ impl Engine {
                     q.groups.on_remove_head(&group, None, now);
                     continue;
                 };
-                (seq, Some(group), false)
+                (seq, Some(group), false, None)
             } else {
                 match self.next_ready(name)? {
                     None => break,
                     Some(Ready::Indexed { rseq, seq }) => {
                         batch.delete(&self.ks.index, codec::ready_key(qid, rseq));
-                        (seq, None, false)
+                        (seq, None, false, None)
                     }
-                    Some(Ready::Log(offset)) => (offset, None, true),
+                    Some(Ready::Log(offset, entry)) => (offset, None, true, entry),
                 }
             };
-            let Some(record) = self.read_record(qid, seq)? else {
+            let record = match scanned {
+                Some(entry) => Some(topics::record_of(entry, None)),
+                None => self.read_record(qid, seq)?,
+            };
+            let Some(record) = record else {
                 // A subscription's event that left its topic's log before delivery.
                 self.drop_vanished(
                     &mut batch,
@@ -878,9 +875,9 @@ impl Engine {
     fn next_ready(&mut self, name: &str) -> Result<Option<Ready>> {
         match self.next_indexed(name)? {
             Some((rseq, seq)) => Ok(Some(Ready::Indexed { rseq, seq })),
-            None if self.queue(name)?.source.is_some() => {
-                Ok(self.next_from_log(name)?.map(Ready::Log))
-            }
+            None if self.queue(name)?.source.is_some() => Ok(self
+                .next_from_log(name)?
+                .map(|(offset, entry)| Ready::Log(offset, entry))),
             None => Ok(None),
         }
     }
@@ -1591,8 +1588,8 @@ fn push_delayed(
 enum Ready {
     /// The ready index.
     Indexed { rseq: u64, seq: u64 },
-    /// A subscription's topic log, at this offset.
-    Log(u64),
+    /// A subscription's topic log, at this offset, with the entry if the scan kept it.
+    Log(u64, Option<LogEntry>),
 }
 
 fn not_found(name: &str) -> Error {

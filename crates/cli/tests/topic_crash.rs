@@ -408,7 +408,11 @@ async fn compaction_never_loses_the_latest_event_of_a_key_across_sigkills() {
                     }
                 } else {
                     let mut u = unknown_tombstones.lock().unwrap();
-                    u.extend((0..KEYS).filter(|k| (n + k).is_multiple_of(7)).map(|k| (k, n + k)));
+                    u.extend(
+                        (0..KEYS)
+                            .filter(|k| (n + k).is_multiple_of(7))
+                            .map(|k| (k, n + k)),
+                    );
                 }
                 n += KEYS;
                 tokio::time::sleep(Duration::from_millis(5)).await;

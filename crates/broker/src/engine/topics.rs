@@ -36,6 +36,8 @@ const STEP: usize = 1_000;
 const COMPACTION_STEP: usize = 10_000;
 /// Log entries a receive examines for matches before it answers with what it found.
 const SCAN_MAX: usize = 4 * WINDOW_MAX;
+/// Bytes of scanned events a subscription keeps in memory ahead of delivery.
+const WINDOW_BYTES_MAX: usize = 4 << 20;
 /// How often retention and compaction run per topic.
 const HOUSEKEEPING_MS: u64 = 1_000;
 
@@ -155,8 +157,9 @@ pub(crate) struct LogSource {
     subscription: String,
     config: SubscriptionConfig,
     filter: Filter,
-    /// Offsets of matching events scanned ahead of the cursor, in order.
-    window: VecDeque<u64>,
+    /// Matching events scanned ahead of the cursor, in order; the first ones keep their
+    /// entry (up to `WINDOW_BYTES_MAX` in total) so delivering them needs no second read.
+    window: VecDeque<(u64, Option<LogEntry>)>,
     /// The next offset not yet scanned into the window.
     scan_next: u64,
 }
@@ -186,6 +189,18 @@ impl LogSource {
             what: "stored event",
         })?;
         Ok(self.filter.matches(&value))
+    }
+}
+
+/// A log entry as the delivery engine's message record.
+pub(super) fn record_of(entry: LogEntry, group: Option<String>) -> MessageRecord {
+    MessageRecord {
+        sent_ms: entry.published_ms,
+        group,
+        dedup_id: None,
+        attributes: b"{}".to_vec(),
+        body: entry.event,
+        dead_letter: None,
     }
 }
 
@@ -982,8 +997,9 @@ impl Engine {
             })
     }
 
-    /// The next matching event of a standard subscription's log; moves the cursor past it.
-    pub(super) fn next_from_log(&mut self, name: &str) -> Result<Option<u64>> {
+    /// The next matching event of a standard subscription's log, with its entry when the
+    /// scan kept it; moves the cursor past it.
+    pub(super) fn next_from_log(&mut self, name: &str) -> Result<Option<(u64, Option<LogEntry>)>> {
         let mut scanned = 0;
         loop {
             let qid = self.queue(name)?.qid;
@@ -998,7 +1014,11 @@ impl Engine {
                 let (found, scan_next) = self.scan(src, from, WINDOW_MAX)?;
                 scanned += WINDOW_MAX;
                 let src = self.source_mut(name)?;
-                src.window.extend(found.into_iter().map(|(o, _)| o));
+                let mut bytes = 0;
+                src.window.extend(found.into_iter().map(|(o, e)| {
+                    bytes += e.event.len();
+                    (o, (bytes <= WINDOW_BYTES_MAX).then_some(e))
+                }));
                 // Nothing left at or after `from`: the rest was removed from the log.
                 src.scan_next = if scan_next == from { next } else { scan_next };
                 if src.window.is_empty() {
@@ -1009,11 +1029,11 @@ impl Engine {
                 continue;
             }
             let src = self.source_mut(name)?;
-            let offset = src.window.pop_front().expect("window is not empty");
-            let cursor = src.window.front().copied().unwrap_or(src.scan_next);
+            let next = src.window.pop_front().expect("window is not empty");
+            let cursor = src.window.front().map_or(src.scan_next, |(o, _)| *o);
             self.queue_mut(name)?.counters.cursor = cursor;
             self.dirty.insert(qid);
-            return Ok(Some(offset));
+            return Ok(Some(next));
         }
     }
 
