@@ -547,7 +547,8 @@ fn summary(v: &[f64]) -> Value {
         "median": s[s.len() / 2].round(),
         "min": s[0].round(),
         "max": s[s.len() - 1].round(),
-        "runs": s.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        // In the order they ran: later runs on the same server can be slower.
+        "runs": v.iter().map(|x| x.round()).collect::<Vec<_>>(),
     })
 }
 
