@@ -231,16 +231,48 @@ fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Reads and parses a JSON body under the size limit. An empty body reads as `{}`.
-async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<T, ApiError> {
+/// Reads a body under the size limit.
+async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = state.inner.options.body_size_max;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             code::PAYLOAD_TOO_LARGE,
             format!("request body is larger than {limit} bytes"),
         )
-    })?;
+    })
+}
+
+/// A permit to hold a long poll or a stream open; `429 too_many_long_polls` when none is
+/// left, so clients back off instead of piling up.
+fn long_poll_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state
+        .inner
+        .long_polls
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                code::TOO_MANY_LONG_POLLS,
+                "too many long polls and streams are open; retry later or poll without wait",
+            )
+            .retry_after(1)
+        })
+}
+
+/// 201 for a created resource, 200 for an updated one.
+fn put_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// Reads and parses a JSON body under the size limit. An empty body reads as `{}`.
+async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(state, body).await?;
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

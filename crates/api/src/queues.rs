@@ -17,7 +17,7 @@ use sluice_broker::{
 };
 use sluice_types::{HumanDuration, Name};
 
-use crate::{ApiError, AppState, code, json_response, read_json};
+use crate::{ApiError, AppState, code, json_response, long_poll_permit, put_status, read_json};
 
 /// Most attributes on one message.
 const ATTRIBUTES_MAX: usize = 64;
@@ -116,12 +116,7 @@ pub(crate) async fn put(
     let config: QueueConfig = read_json(&state, body).await?;
     let created = state.broker().put_queue(&name, config).await?;
     let info = state.broker().get_queue(name.as_str())?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(to_json(status, &QueueView::from(info)))
+    Ok(to_json(put_status(created), &QueueView::from(info)))
 }
 
 pub(crate) async fn delete(
@@ -280,23 +275,8 @@ pub(crate) async fn receive_from(
     render: fn(&[Delivery]) -> String,
 ) -> Result<Response, ApiError> {
     let req: ReceiveRequest = read_json(state, body).await?;
-    // Long polls hold a permit; when none is left the client backs off instead of piling up.
     let _permit = if req.wait > HumanDuration::ZERO {
-        Some(
-            state
-                .inner
-                .long_polls
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        code::TOO_MANY_LONG_POLLS,
-                        "too many long polls are waiting; retry later or poll without wait",
-                    )
-                    .retry_after(1)
-                })?,
-        )
+        Some(long_poll_permit(state)?)
     } else {
         None
     };

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
@@ -16,7 +16,7 @@ use sluice_broker::{Filter, Start};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::queues::resource_name;
-use crate::{ApiError, AppState, code};
+use crate::{ApiError, AppState, code, long_poll_permit};
 
 /// Events read from the log per step.
 const STEP: usize = 256;
@@ -39,22 +39,6 @@ struct Tail {
     /// Held while the stream is open: streams count against the long-poll limit.
     _permit: OwnedSemaphorePermit,
     pending: std::vec::IntoIter<Event>,
-}
-
-fn permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
-    state
-        .inner
-        .long_polls
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                code::TOO_MANY_LONG_POLLS,
-                "too many long polls and streams are open; retry later",
-            )
-            .retry_after(1)
-        })
 }
 
 /// `Last-Event-ID` wins over `from`: a reconnecting client resumes after its last event.
@@ -153,7 +137,7 @@ pub(crate) async fn subscription_stream(
 
 fn open(state: AppState, topic: String, next: u64, filter: Filter) -> Result<Response, ApiError> {
     let tail = Tail {
-        _permit: permit(&state)?,
+        _permit: long_poll_permit(&state)?,
         state,
         topic,
         next,

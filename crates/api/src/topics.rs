@@ -17,7 +17,7 @@ use sluice_broker::{
 use sluice_types::Name;
 
 use crate::queues::{self, Failures, StatsView, resource_name, to_json};
-use crate::{ApiError, AppState, code, json_response, read_json};
+use crate::{ApiError, AppState, code, json_response, put_status, read_body, read_json};
 
 /// Most events one read or table page returns.
 pub(crate) const PAGE_MAX: usize = 1_000;
@@ -141,12 +141,7 @@ pub(crate) async fn put(
     let config: TopicConfig = read_json(&state, body).await?;
     let created = state.broker().put_topic(&name, config).await?;
     let info = state.broker().get_topic(name.as_str())?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(to_json(status, &TopicView::from(info)))
+    Ok(to_json(put_status(created), &TopicView::from(info)))
 }
 
 pub(crate) async fn delete(
@@ -322,14 +317,7 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = topic_name(&raw)?;
-    let limit = state.inner.options.body_size_max;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            code::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {limit} bytes"),
-        )
-    })?;
+    let bytes = read_body(&state, body).await?;
     let events = parse_events(&headers, &bytes)?;
     if events.is_empty() {
         return Err(ApiError::bad_request(
@@ -530,12 +518,7 @@ pub(crate) async fn put_sub(
         .put_subscription(t.as_str(), &s, config)
         .await?;
     let info = state.broker().get_subscription(t.as_str(), s.as_str())?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(to_json(status, &SubscriptionView::from(info)))
+    Ok(to_json(put_status(created), &SubscriptionView::from(info)))
 }
 
 pub(crate) async fn delete_sub(

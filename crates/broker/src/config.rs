@@ -115,7 +115,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn check_range(
+pub(crate) fn check_range(
     field: &'static str,
     v: HumanDuration,
     min: HumanDuration,

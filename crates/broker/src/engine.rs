@@ -366,6 +366,18 @@ impl Engine {
         self.queues.get_mut(name).ok_or_else(|| not_found(name))
     }
 
+    /// A new queue, topic or subscription id; `batch` persists the counter.
+    fn allocate_id(&mut self, batch: &mut Batch) -> u64 {
+        let id = self.next_qid;
+        self.next_qid += 1;
+        batch.put(
+            &self.ks.meta,
+            QID_KEY.to_vec(),
+            self.next_qid.to_le_bytes().to_vec(),
+        );
+        id
+    }
+
     /// Deletes every key under `prefix` in `ks`, a chunk per batch, each scan starting after
     /// the last deleted key so no tombstone is stepped over twice. Returns how many.
     fn delete_prefix(&self, ks: &Keyspace, prefix: &[u8]) -> Result<u64> {
@@ -512,13 +524,7 @@ impl Engine {
                 false
             }
             None => {
-                let qid = self.next_qid;
-                self.next_qid += 1;
-                batch.put(
-                    &self.ks.meta,
-                    QID_KEY.to_vec(),
-                    self.next_qid.to_le_bytes().to_vec(),
-                );
+                let qid = self.allocate_id(&mut batch);
                 let meta = QueueMeta {
                     id: qid,
                     name: name.to_string(),

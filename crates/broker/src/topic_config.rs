@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sluice_types::{ByteSize, HumanDuration, Name};
 
-use crate::config::{Backoff, ConfigError, QueueConfig, limits};
+use crate::config::{Backoff, ConfigError, QueueConfig, check_range, limits};
 
 /// Longest CloudEvent attribute name used as a compaction or group key.
 const ATTRIBUTE_LEN_MAX: usize = 64;
@@ -60,21 +60,6 @@ impl Default for TopicConfig {
             compaction: None,
         }
     }
-}
-
-fn check_range(
-    field: &'static str,
-    v: HumanDuration,
-    min: HumanDuration,
-    max: HumanDuration,
-) -> Result<(), ConfigError> {
-    if v < min || v > max {
-        return Err(ConfigError {
-            field,
-            message: format!("{v} is outside {min}..={max}"),
-        });
-    }
-    Ok(())
 }
 
 fn check_attribute(field: &'static str, name: &str) -> Result<(), ConfigError> {

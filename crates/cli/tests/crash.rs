@@ -126,11 +126,7 @@ async fn consumer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_data_survives_repeated_sigkill() {
-    let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| StdRng::from_os_rng().random());
-    eprintln!("crash test seed {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    let seed = sluice_testkit::crash_seed("crash test");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let mut server = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);

@@ -188,11 +188,7 @@ async fn consumer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subscription_sees_every_acknowledged_match_across_sigkills() {
-    let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| StdRng::from_os_rng().random());
-    eprintln!("topic crash test seed {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    let seed = sluice_testkit::crash_seed("topic crash test");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let mut server = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
@@ -349,11 +345,7 @@ async fn every_subscription_sees_every_acknowledged_match_across_sigkills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_never_loses_the_latest_event_of_a_key_across_sigkills() {
     const KEYS: u64 = 20;
-    let seed: u64 = std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| StdRng::from_os_rng().random());
-    eprintln!("compaction crash test seed {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    let seed = sluice_testkit::crash_seed("compaction crash test");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut server = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
     let (status, _) = server

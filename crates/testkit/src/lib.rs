@@ -164,3 +164,19 @@ impl Drop for TestServer {
         self.kill9();
     }
 }
+
+/// The seed of a randomized test: `SLUICE_CRASH_SEED` if set, else a fresh one. Printed,
+/// with how to rerun with it, so a failure can be replayed.
+pub fn crash_seed(test: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+    eprintln!("{test} seed {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    seed
+}

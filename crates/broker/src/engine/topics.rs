@@ -18,7 +18,7 @@ use sluice_store::{Batch, Ticket};
 use sluice_types::Name;
 use tokio::sync::Notify;
 
-use super::{Engine, QID_KEY, QueueMeta, QueueState, WINDOW_MAX, not_found};
+use super::{Engine, QueueMeta, QueueState, WINDOW_MAX, not_found};
 use crate::codec::{self, Corrupt, Counters, LogEntry, MessageRecord, Reader, Writer, kind};
 use crate::event::{self, EventError};
 use crate::filter::Filter;
@@ -342,13 +342,7 @@ impl Engine {
                 false
             }
             None => {
-                let tid = self.next_qid;
-                self.next_qid += 1;
-                batch.put(
-                    &self.ks.meta,
-                    QID_KEY.to_vec(),
-                    self.next_qid.to_le_bytes().to_vec(),
-                );
+                let tid = self.allocate_id(&mut batch);
                 self.topics.insert(
                     name.to_string(),
                     TopicState {
@@ -679,7 +673,12 @@ impl Engine {
             .index
             .get(&table_key(tid, key))?
             .ok_or_else(not_found)?;
-        let offset = codec::le_u64_at(&v, 0, "table entry")?;
+        self.table_event(tid, &v)
+    }
+
+    /// The event a key table entry points at.
+    fn table_event(&self, tid: u64, entry: &[u8]) -> Result<StoredEvent> {
+        let offset = codec::le_u64_at(entry, 0, "table entry")?;
         let e = self
             .ks
             .log
@@ -721,23 +720,7 @@ impl Engine {
         {
             let key = String::from_utf8(k[prefix.len()..].to_vec())
                 .map_err(|_| Corrupt { what: "table key" })?;
-            let offset = codec::le_u64_at(&v, 0, "table entry")?;
-            let e = self
-                .ks
-                .log
-                .get(&codec::log_key(tid, offset))?
-                .ok_or(Corrupt {
-                    what: "table entry without its event",
-                })?;
-            let e = LogEntry::decode(&e)?;
-            out.push((
-                key,
-                StoredEvent {
-                    offset,
-                    published_ms: e.published_ms,
-                    event: e.event,
-                },
-            ));
+            out.push((key, self.table_event(tid, &v)?));
         }
         Ok(out)
     }
@@ -792,13 +775,7 @@ impl Engine {
             }
             None => {
                 let cursor = self.position(topic, config.start)?;
-                let qid = self.next_qid;
-                self.next_qid += 1;
-                batch.put(
-                    &self.ks.meta,
-                    QID_KEY.to_vec(),
-                    self.next_qid.to_le_bytes().to_vec(),
-                );
+                let qid = self.allocate_id(&mut batch);
                 let meta = SubMeta {
                     id: qid,
                     topic: topic.to_owned(),
