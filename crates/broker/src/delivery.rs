@@ -115,6 +115,9 @@ pub struct Lease {
     pub epoch: u32,
     /// The message's FIFO group, if any.
     pub group: Option<String>,
+    /// The message's delivery state is stored on its own. A subscription's event on its
+    /// first delivery keeps it in the lease entry instead, to save two writes.
+    pub state_stored: bool,
 }
 
 /// The leased messages of one queue, by message sequence number and by deadline.

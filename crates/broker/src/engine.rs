@@ -226,7 +226,11 @@ impl Engine {
         {
             let deadline = codec::u64_at(&key, 9)?;
             let seq = codec::u64_at(&key, 17)?;
-            let state = self.read_state(qid, seq)?;
+            let stored = self.ks.state.get(&codec::msg_key(qid, seq))?;
+            let state = match &stored {
+                Some(v) => MessageState::decode(v)?,
+                None => self.lease_state(qid, seq, deadline)?,
+            };
             let group = if q.config.fifo {
                 match self.read_record_of(q, seq)? {
                     Some(r) => r.group,
@@ -241,6 +245,7 @@ impl Engine {
                     deadline_ms: deadline,
                     epoch: state.receive_count,
                     group,
+                    state_stored: stored.is_some(),
                 },
             );
         }
@@ -294,14 +299,39 @@ impl Engine {
     }
 
     fn read_state(&self, qid: u64, seq: u64) -> Result<MessageState> {
-        let v = self
-            .ks
-            .state
-            .get(&codec::msg_key(qid, seq))?
+        if let Some(v) = self.ks.state.get(&codec::msg_key(qid, seq))? {
+            return Ok(MessageState::decode(&v)?);
+        }
+        // A subscription's event on its first delivery keeps its state in the lease entry.
+        let lease = self
+            .names
+            .get(&qid)
+            .and_then(|n| self.queues.get(n))
+            .and_then(|q| q.leases.get(seq))
+            .filter(|l| !l.state_stored)
             .ok_or(Corrupt {
                 what: "message state (missing)",
             })?;
-        Ok(MessageState::decode(&v)?)
+        self.lease_state(qid, seq, lease.deadline_ms)
+    }
+
+    /// The state of a first delivery kept in its lease entry, whose value is the receive
+    /// time.
+    fn lease_state(&self, qid: u64, seq: u64, deadline: u64) -> Result<MessageState> {
+        let v = self
+            .ks
+            .index
+            .get(&codec::lease_key(qid, deadline, seq))?
+            .ok_or(Corrupt {
+                what: "message state (missing)",
+            })?;
+        let first_receive_ms = codec::le_u64_at(&v, 0, "lease entry")?;
+        Ok(MessageState {
+            receive_count: 1,
+            first_receive_ms,
+            visible_at: first_receive_ms,
+            location: Location::Leased(deadline),
+        })
     }
 
     fn read_message(&self, qid: u64, seq: u64) -> Result<MessageRecord> {
@@ -814,12 +844,21 @@ impl Engine {
             }
             let deadline = now + lease_ms;
             state.location = Location::Leased(deadline);
-            batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
-            batch.put(
-                &self.ks.index,
-                codec::lease_key(qid, deadline, seq),
-                Vec::new(),
-            );
+            if fresh {
+                // The lease entry carries the state (receive count 1, received now).
+                batch.put(
+                    &self.ks.index,
+                    codec::lease_key(qid, deadline, seq),
+                    now.to_le_bytes().to_vec(),
+                );
+            } else {
+                batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+                batch.put(
+                    &self.ks.index,
+                    codec::lease_key(qid, deadline, seq),
+                    Vec::new(),
+                );
+            }
             let q = self.queue_mut(name)?;
             if !fresh {
                 q.counters.ready -= 1;
@@ -831,6 +870,7 @@ impl Engine {
                     deadline_ms: deadline,
                     epoch: state.receive_count,
                     group: group.clone(),
+                    state_stored: !fresh,
                 },
             );
             self.dirty.insert(qid);
@@ -982,7 +1022,9 @@ impl Engine {
                 &self.ks.index,
                 codec::lease_key(qid, lease.deadline_ms, seq),
             );
-            batch.delete(&self.ks.state, codec::msg_key(qid, seq));
+            if lease.state_stored {
+                batch.delete(&self.ks.state, codec::msg_key(qid, seq));
+            }
             if owns_records {
                 batch.delete(&self.ks.msg, codec::msg_key(qid, seq));
             }
@@ -1057,8 +1099,14 @@ impl Engine {
         now: u64,
     ) -> Result<Option<Waker>> {
         let jitter: f64 = self.rng.random();
-        let q = self.queue_mut(name)?;
+        let q = self.queue(name)?;
         let qid = q.qid;
+        if q.leases.get(seq).is_none() {
+            return Err(Error::ReceiptStale);
+        }
+        // Read while the lease is known: a first delivery keeps its state in the lease.
+        let mut state = self.read_state(qid, seq)?;
+        let q = self.queue_mut(name)?;
         let lease = q.leases.remove(seq).ok_or(Error::ReceiptStale)?;
         q.counters.leased -= 1;
         let config = q.config.clone();
@@ -1067,7 +1115,6 @@ impl Engine {
             &self.ks.index,
             codec::lease_key(qid, lease.deadline_ms, seq),
         );
-        let mut state = self.read_state(qid, seq)?;
         match delivery::release(&config, state.receive_count, cause, now, jitter) {
             Release::Retry { at_ms } => {
                 state.visible_at = at_ms;
@@ -1172,22 +1219,31 @@ impl Engine {
                     continue;
                 }
             };
-            let q = self.queue_mut(name)?;
-            let old = q
+            let (old, stored) = self
+                .queue(name)?
                 .leases
                 .get(seq)
-                .map(|l| l.deadline_ms)
+                .map(|l| (l.deadline_ms, l.state_stored))
                 .ok_or(Error::ReceiptStale)?;
-            q.leases.extend(seq, deadline);
-            batch.delete(&self.ks.index, codec::lease_key(qid, old, seq));
-            batch.put(
-                &self.ks.index,
-                codec::lease_key(qid, deadline, seq),
-                Vec::new(),
-            );
             let mut state = self.read_state(qid, seq)?;
-            state.location = Location::Leased(deadline);
-            batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+            self.queue_mut(name)?.leases.extend(seq, deadline);
+            batch.delete(&self.ks.index, codec::lease_key(qid, old, seq));
+            if stored {
+                batch.put(
+                    &self.ks.index,
+                    codec::lease_key(qid, deadline, seq),
+                    Vec::new(),
+                );
+                state.location = Location::Leased(deadline);
+                batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+            } else {
+                // The state stays in the lease entry, which moves.
+                batch.put(
+                    &self.ks.index,
+                    codec::lease_key(qid, deadline, seq),
+                    state.first_receive_ms.to_le_bytes().to_vec(),
+                );
+            }
             outcomes.push(Ok(()));
         }
         let ticket = self.write(batch)?;

@@ -177,6 +177,7 @@ fn lease(deadline_ms: u64, epoch: u32) -> Lease {
         deadline_ms,
         epoch,
         group: None,
+        state_stored: true,
     }
 }
 

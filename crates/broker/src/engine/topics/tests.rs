@@ -575,3 +575,53 @@ async fn bad_subscriptions_and_unknown_names_are_refused() {
     f.topic("t", TopicConfig::default()).await;
     assert!(f.b().list_subscriptions("t").unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn first_delivery_leases_keep_their_state_across_extend_restart_and_expiry() {
+    let mut f = Fixture::new();
+    f.topic("t", TopicConfig::default()).await;
+    f.sub(
+        "t",
+        "s",
+        SubscriptionConfig {
+            lease_timeout: HumanDuration::from_secs(10),
+            backoff: no_backoff(),
+            ..SubscriptionConfig::default()
+        },
+    )
+    .await;
+    f.publish_n("t", 0..3, 1).await;
+    let sq = crate::Broker::subscription_queue("t", "s");
+    let d = f.recv_sub("t", "s", 3).await;
+    let first_receive = d[0].first_receive_ms;
+    assert_eq!(first_receive, f.clock.now_ms());
+    assert!(d.iter().all(|m| m.receive_count == 1));
+    // Extend one lease to 60s, then restart: every lease is recovered with its deadline.
+    f.b()
+        .extend(&sq, &receipts(&d[..1]), HumanDuration::from_secs(60))
+        .await
+        .unwrap();
+    f.clock.advance(5_000);
+    f.reopen();
+    assert!(
+        f.recv_sub("t", "s", 10).await.is_empty(),
+        "all three still leased"
+    );
+    // The receipt of the middle event still acks it after the restart.
+    f.ack_sub("t", "s", &d[1..2]).await;
+    // Past 10s the third lease ends: redelivered as the second attempt.
+    f.advance(6_000).await;
+    let again = f.recv_sub("t", "s", 10).await;
+    assert_eq!(ns(&again), vec![2]);
+    assert_eq!(again[0].receive_count, 2);
+    assert_eq!(again[0].first_receive_ms, first_receive);
+    f.ack_sub("t", "s", &again).await;
+    // The extended one ends at 60s.
+    f.advance(50_000).await;
+    let last = f.recv_sub("t", "s", 10).await;
+    assert_eq!(ns(&last), vec![0]);
+    assert_eq!(last[0].receive_count, 2);
+    f.ack_sub("t", "s", &last).await;
+    let info = f.b().get_subscription("t", "s").unwrap();
+    assert_eq!((info.stats.leased, info.stats.visible), (0, 0));
+}
