@@ -238,12 +238,21 @@ pub struct MessageRecord {
     /// JSON text.
     pub body: Vec<u8>,
     pub dead_letter: Option<DeadLetter>,
+    /// Standard queues: the ready sequence the message got when it was enqueued ready
+    /// with no delivery state of its own; its location until its first lease.
+    pub rseq: Option<u64>,
 }
 
-const MESSAGE_VERSION: u8 = 1;
+/// Version 2 added `rseq`; version 1 records are still read.
+const MESSAGE_VERSION: u8 = 2;
 
 impl MessageRecord {
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with_rseq(self.rseq)
+    }
+
+    /// Encodes the record with `rseq` in place of its own.
+    pub fn encode_with_rseq(&self, rseq: Option<u64>) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(
             64 + self.body.len() + self.attributes.len(),
         ));
@@ -270,12 +279,21 @@ impl MessageRecord {
                 }
             }
         }
+        match rseq {
+            Some(r) => {
+                w.u8(1).u64(r);
+            }
+            None => {
+                w.u8(0);
+            }
+        }
         w.0
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self, Corrupt> {
         let mut r = Reader::new(buf, "message");
-        if r.u8()? != MESSAGE_VERSION {
+        let version = r.u8()?;
+        if version != 1 && version != MESSAGE_VERSION {
             return Err(Corrupt { what: "message" });
         }
         let sent_ms = r.u64()?;
@@ -296,6 +314,11 @@ impl MessageRecord {
             }),
             _ => return Err(Corrupt { what: "message" }),
         };
+        let rseq = match (version, if version == 1 { 0 } else { r.u8()? }) {
+            (1, _) | (_, 0) => None,
+            (_, 1) => Some(r.u64()?),
+            _ => return Err(Corrupt { what: "message" }),
+        };
         r.finish()?;
         Ok(Self {
             sent_ms,
@@ -304,6 +327,7 @@ impl MessageRecord {
             attributes,
             body,
             dead_letter,
+            rseq,
         })
     }
 }
@@ -541,6 +565,7 @@ mod tests {
                 at_ms: 9,
                 source_seq: Some(11),
             }),
+            rseq: Some(12),
         };
         let enc = m.encode();
         assert_eq!(MessageRecord::decode(&enc).unwrap(), m);

@@ -652,6 +652,7 @@ impl Engine {
                 attributes: m.attributes,
                 body: m.body,
                 dead_letter: None,
+                rseq: None,
             };
             self.insert_message(&mut batch, qid, seq, &record, now + delay, 0, 0, now)?;
             let q = self.queue_mut(name)?;
@@ -710,9 +711,10 @@ impl Engine {
             .queues
             .get_mut(&name)
             .ok_or(Corrupt { what: "queue id" })?;
-        if q.source.is_none() {
-            batch.put(&self.ks.msg, codec::msg_key(qid, seq), record.encode());
-        }
+        // A standard queue's message that is ready now and has never been delivered needs
+        // no state record: its record carries its ready sequence.
+        let stateless =
+            q.source.is_none() && !q.config.fifo && visible_at <= now && receive_count == 0;
         q.retention_hint = q.retention_hint.min(seq);
         let location = if q.config.fifo {
             let group = record.group.as_deref().unwrap_or("");
@@ -725,14 +727,27 @@ impl Engine {
         } else {
             Location::Ready(push_ready(&self.ks.index, batch, q, seq))
         };
+        if q.source.is_none() {
+            let rseq = match location {
+                Location::Ready(r) if stateless => Some(r),
+                _ => None,
+            };
+            batch.put(
+                &self.ks.msg,
+                codec::msg_key(qid, seq),
+                record.encode_with_rseq(rseq),
+            );
+        }
         self.dirty.insert(qid);
-        let state = MessageState {
-            receive_count,
-            first_receive_ms,
-            visible_at,
-            location,
-        };
-        batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+        if !stateless {
+            let state = MessageState {
+                receive_count,
+                first_receive_ms,
+                visible_at,
+                location,
+            };
+            batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
+        }
         Ok(())
     }
 
@@ -777,9 +792,8 @@ impl Engine {
             if q.leases.len() >= in_flight_max {
                 break;
             }
-            // `fresh`: taken from a subscription's topic log for the first time, so it has
-            // no delivery state yet.
-            let (seq, group, fresh, scanned) = if fifo {
+            // `from_log`: taken from a subscription's topic log for the first time.
+            let (seq, group, from_log, scanned) = if fifo {
                 let Some(group) = q.groups.lease_next(now) else {
                     break;
                 };
@@ -811,25 +825,32 @@ impl Engine {
                     name,
                     seq,
                     group.as_deref(),
-                    fresh,
+                    from_log,
                     &mut removed,
                     now,
                 )?;
                 continue;
             };
-            let mut state = if fresh {
-                MessageState {
+            // `fresh`: never delivered and without a state record (taken from the log, or
+            // enqueued ready); its first lease carries its state.
+            let stored = if from_log {
+                None
+            } else {
+                self.ks.state.get(&codec::msg_key(qid, seq))?
+            };
+            let fresh = stored.is_none();
+            let mut state = match stored {
+                Some(v) => MessageState::decode(&v)?,
+                None => MessageState {
                     receive_count: 0,
                     first_receive_ms: 0,
                     visible_at: now,
                     location: Location::Fifo,
-                }
-            } else {
-                self.read_state(qid, seq)?
+                },
             };
             if delivery::is_expired(record.sent_ms, retention_ms, now) {
                 // Past retention: dropped instead of delivered.
-                if fresh {
+                if from_log {
                     self.queue_mut(name)?.counters.expired_total += 1;
                     self.dirty.insert(qid);
                 } else {
@@ -860,7 +881,7 @@ impl Engine {
                 );
             }
             let q = self.queue_mut(name)?;
-            if !fresh {
+            if !from_log {
                 q.counters.ready -= 1;
             }
             q.counters.leased += 1;
@@ -1273,6 +1294,7 @@ impl Engine {
                 attributes: Vec::new(),
                 body: Vec::new(),
                 dead_letter: None,
+                rseq: None,
             },
             None => {
                 return Err(Error::Corrupt(Corrupt {
@@ -1280,7 +1302,18 @@ impl Engine {
                 }));
             }
         };
-        let state = self.read_state(qid, seq)?;
+        let state = match (self.read_state(qid, seq), record.rseq) {
+            (Ok(state), _) => state,
+            // Enqueued ready and never delivered: no state record, its ready sequence is in
+            // its record.
+            (Err(Error::Corrupt(_)), Some(rseq)) => MessageState {
+                receive_count: 0,
+                first_receive_ms: 0,
+                visible_at: 0,
+                location: Location::Ready(rseq),
+            },
+            (Err(e), _) => return Err(e),
+        };
         let group = record.group.clone().unwrap_or_default();
         // Usually the oldest message of its group, but redrive from a dead-letter queue
         // shared by several sources can take one from behind the head.

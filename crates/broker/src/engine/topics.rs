@@ -201,6 +201,7 @@ pub(super) fn record_of(entry: LogEntry, group: Option<String>) -> MessageRecord
         attributes: b"{}".to_vec(),
         body: entry.event,
         dead_letter: None,
+        rseq: None,
     }
 }
 
@@ -1041,6 +1042,7 @@ impl Engine {
                 attributes: Vec::new(),
                 body: Vec::new(),
                 dead_letter: None,
+                rseq: None,
             };
             self.insert_message(&mut batch, qid, offset, &record, now, 0, 0, now)?;
         }
@@ -1105,6 +1107,7 @@ impl Engine {
                 .expect("attributes serialize"),
                 body: entry.event,
                 dead_letter: None,
+                rseq: None,
             };
             let seq = self.next_seq;
             self.next_seq += 1;
