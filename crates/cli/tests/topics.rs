@@ -461,6 +461,7 @@ async fn bad_topic_input_gets_its_code_and_loses_nothing() {
     let ce_json = ("content-type", "application/cloudevents+json");
     let batch = ("content-type", "application/cloudevents-batch+json");
     let ev = |v: Value| serde_json::to_vec(&v).unwrap();
+    let too_many: Vec<Value> = (0..1_001).map(|i| ce("x", "s", json!(i))).collect();
     type Case<'a> = (
         &'a str,
         &'a str,
@@ -533,6 +534,14 @@ async fn bad_topic_input_gets_its_code_and_loses_nothing() {
             ev(json!([])),
             400,
             "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/topics/t/events",
+            vec![batch],
+            ev(json!(too_many)),
+            413,
+            "batch_too_large",
         ),
         (
             "POST",
