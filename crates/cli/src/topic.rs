@@ -260,9 +260,9 @@ pub async fn run_topic(args: TopicArgs) -> anyhow::Result<()> {
                     println!(
                         "{:<32} {:>12} {:>12} {:>14}  {}",
                         t["name"].as_str().unwrap_or(""),
-                        s["events"],
-                        s["next_offset"],
-                        s["bytes"],
+                        s["events"].as_u64().unwrap_or(0),
+                        s["next_offset"].as_u64().unwrap_or(0),
+                        s["bytes"].as_u64().unwrap_or(0),
                         t["subscriptions"]
                     );
                 }
@@ -525,10 +525,10 @@ pub async fn run_sub(args: SubArgs) -> anyhow::Result<()> {
                     println!(
                         "{:<32} {:>12} {:>12} {:>10} {:>10}  {}",
                         s["name"].as_str().unwrap_or(""),
-                        s["cursor"],
-                        s["backlog"],
-                        s["stats"]["leased"],
-                        s["stats"]["dead_lettered"],
+                        s["cursor"].as_u64().unwrap_or(0),
+                        s["backlog"].as_u64().unwrap_or(0),
+                        s["stats"]["leased"].as_u64().unwrap_or(0),
+                        s["stats"]["dead_lettered"].as_u64().unwrap_or(0),
                         s["target"]
                     );
                 }
