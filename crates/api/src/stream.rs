@@ -166,11 +166,7 @@ fn open(state: AppState, topic: String, next: u64, filter: Filter) -> Result<Res
             let full = page.events.len() == STEP;
             let mut batch = Vec::new();
             for e in page.events {
-                let value: Value = match serde_json::from_slice(&e.event) {
-                    Ok(v) => v,
-                    Err(_) => continue,
-                };
-                if tail.filter.matches(&value) {
+                if tail.filter.matches_json(&e.event).unwrap_or(false) {
                     let data = String::from_utf8(e.event).unwrap_or_default();
                     batch.push(Event::default().id(e.offset.to_string()).data(data));
                 }

@@ -194,25 +194,42 @@ impl Engine {
             dirty_topics: HashSet::new(),
         };
         engine.load_topics()?;
-        let prefix = b"queue/";
-        for (_, value) in engine
-            .ks
-            .meta
-            .range(prefix, &codec::prefix_end(prefix), usize::MAX)?
-        {
-            let meta: QueueMeta =
-                serde_json::from_slice(&value).map_err(|_| Corrupt { what: "queue" })?;
-            let counters = match engine.ks.meta.get(&counters_key(meta.id))? {
-                Some(v) => Counters::decode(&v)?,
-                None => Counters::default(),
-            };
-            let mut q = QueueState::new(meta, counters);
-            engine.recover_queue(&mut q, now)?;
-            engine.names.insert(q.qid, q.name.clone());
-            engine.queues.insert(q.name.clone(), q);
+        for meta in engine.load_metas::<QueueMeta>(b"queue/", "queue")? {
+            let counters = engine.load_counters(meta.id)?;
+            engine.install(QueueState::new(meta, counters), now)?;
         }
         engine.load_subscriptions(now)?;
         Ok(engine)
+    }
+
+    /// Every definition stored in `meta` under `prefix`.
+    fn load_metas<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        what: &'static str,
+    ) -> Result<Vec<T>> {
+        self.ks
+            .meta
+            .range(prefix, &codec::prefix_end(prefix), usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(|_| Error::Corrupt(Corrupt { what })))
+            .collect()
+    }
+
+    /// The persisted counters of queue `qid`.
+    fn load_counters(&self, qid: u64) -> Result<Counters> {
+        Ok(match self.ks.meta.get(&counters_key(qid))? {
+            Some(v) => Counters::decode(&v)?,
+            None => Counters::default(),
+        })
+    }
+
+    /// Recovers a loaded queue's delivery state and makes it known by id and name.
+    fn install(&mut self, mut q: QueueState, now: u64) -> Result<()> {
+        self.recover_queue(&mut q, now)?;
+        self.names.insert(q.qid, q.name.clone());
+        self.queues.insert(q.name.clone(), q);
+        Ok(())
     }
 
     /// Rebuilds the in-memory delivery state of `q` from its indexes.

@@ -128,6 +128,15 @@ impl Filter {
     pub fn matches(&self, event: &Value) -> bool {
         self.root.matches(Some(event))
     }
+
+    /// Whether the event in JSON text `event` matches; parses it only if the filter looks
+    /// at anything.
+    pub fn matches_json(&self, event: &[u8]) -> Result<bool, serde_json::Error> {
+        if self.is_all() {
+            return Ok(true);
+        }
+        Ok(self.matches(&serde_json::from_slice(event)?))
+    }
 }
 
 impl Compiler {

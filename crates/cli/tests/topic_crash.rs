@@ -47,6 +47,21 @@ struct SubLedger {
     redelivered_after_ack: Vec<String>,
 }
 
+impl SubLedger {
+    /// Records a receive's deliveries, noting any of an event whose ack was acknowledged.
+    fn record(&mut self, msgs: &[Value]) {
+        for m in msgs {
+            let id = m["event"]["id"].as_str().unwrap().to_owned();
+            if self.acked.contains(&id) {
+                self.redelivered_after_ack.push(id.clone());
+            }
+            let group = m["event"]["subject"].as_str().unwrap().to_owned();
+            self.delivered
+                .push((id, m["offset"].as_u64().unwrap(), group));
+        }
+    }
+}
+
 #[derive(Default)]
 struct Ledger {
     /// `data.n` of every event whose publish was acknowledged.
@@ -154,19 +169,13 @@ async fn consumer(
             .iter()
             .map(|m| m["event"]["id"].as_str().unwrap().to_owned())
             .collect();
-        {
-            let mut l = ledger.lock().unwrap();
-            let sl = l.subs.entry(sub).or_default();
-            for m in &msgs {
-                let id = m["event"]["id"].as_str().unwrap().to_owned();
-                if sl.acked.contains(&id) {
-                    sl.redelivered_after_ack.push(id.clone());
-                }
-                let group = m["event"]["subject"].as_str().unwrap().to_owned();
-                sl.delivered
-                    .push((id, m["offset"].as_u64().unwrap(), group));
-            }
-        }
+        ledger
+            .lock()
+            .unwrap()
+            .subs
+            .entry(sub)
+            .or_default()
+            .record(&msgs);
         let receipts: Vec<&Value> = msgs.iter().map(|m| &m["receipt"]).collect();
         let body = serde_json::to_vec(&json!({"receipts": receipts})).unwrap();
         let outcome = post(
@@ -264,15 +273,7 @@ async fn every_subscription_sees_every_acknowledged_match_across_sigkills() {
             if msgs.is_empty() {
                 break;
             }
-            for m in &msgs {
-                let id = m["event"]["id"].as_str().unwrap().to_owned();
-                if sl.acked.contains(&id) {
-                    sl.redelivered_after_ack.push(id.clone());
-                }
-                let group = m["event"]["subject"].as_str().unwrap().to_owned();
-                sl.delivered
-                    .push((id, m["offset"].as_u64().unwrap(), group));
-            }
+            sl.record(&msgs);
             let receipts: Vec<&Value> = msgs.iter().map(|m| &m["receipt"]).collect();
             let (status, _) = server
                 .call(

@@ -41,6 +41,9 @@ const WINDOW_BYTES_MAX: usize = 4 << 20;
 /// How often retention and compaction run per topic.
 const HOUSEKEEPING_MS: u64 = 1_000;
 
+/// Matching events of a log scan, by offset, and the offset after the last one examined.
+type Scanned = (Vec<(u64, LogEntry)>, u64);
+
 fn topic_meta_key(name: &str) -> Vec<u8> {
     [b"topic/".as_slice(), name.as_bytes()].concat()
 }
@@ -182,13 +185,9 @@ impl LogSource {
     }
 
     fn matches(&self, event: &[u8]) -> Result<bool> {
-        if self.filter.is_all() {
-            return Ok(true);
-        }
-        let value: Value = serde_json::from_slice(event).map_err(|_| Corrupt {
+        Ok(self.filter.matches_json(event).map_err(|_| Corrupt {
             what: "stored event",
-        })?;
-        Ok(self.filter.matches(&value))
+        })?)
     }
 }
 
@@ -224,14 +223,7 @@ impl Engine {
     // ---- loading ----
 
     pub(super) fn load_topics(&mut self) -> Result<()> {
-        let prefix = b"topic/";
-        for (_, value) in self
-            .ks
-            .meta
-            .range(prefix, &codec::prefix_end(prefix), usize::MAX)?
-        {
-            let meta: TopicMeta =
-                serde_json::from_slice(&value).map_err(|_| Corrupt { what: "topic" })?;
+        for meta in self.load_metas::<TopicMeta>(b"topic/", "topic")? {
             let counters = match self.ks.meta.get(&counters_key(meta.id))? {
                 Some(v) => TopicCounters::decode(&v)?,
                 None => TopicCounters::default(),
@@ -253,24 +245,10 @@ impl Engine {
     }
 
     pub(super) fn load_subscriptions(&mut self, now: u64) -> Result<()> {
-        let prefix = b"sub/";
-        for (_, value) in self
-            .ks
-            .meta
-            .range(prefix, &codec::prefix_end(prefix), usize::MAX)?
-        {
-            let meta: SubMeta = serde_json::from_slice(&value).map_err(|_| Corrupt {
-                what: "subscription",
-            })?;
-            let counters = match self.ks.meta.get(&super::counters_key(meta.id))? {
-                Some(v) => Counters::decode(&v)?,
-                None => Counters::default(),
-            };
+        for meta in self.load_metas::<SubMeta>(b"sub/", "subscription")? {
+            let counters = self.load_counters(meta.id)?;
             let q = self.subscription_state(meta, counters)?;
-            let mut q = q;
-            self.recover_queue(&mut q, now)?;
-            self.names.insert(q.qid, q.name.clone());
-            self.queues.insert(q.name.clone(), q);
+            self.install(q, now)?;
         }
         Ok(())
     }
@@ -927,12 +905,7 @@ impl Engine {
 
     /// Matching events of the log from `from`, examining at most `limit` entries; returns
     /// them with the offset after the last one examined.
-    fn scan(
-        &self,
-        src: &LogSource,
-        from: u64,
-        limit: usize,
-    ) -> Result<(Vec<(u64, LogEntry)>, u64)> {
+    fn scan(&self, src: &LogSource, from: u64, limit: usize) -> Result<Scanned> {
         let end = codec::prefix_end(&codec::queue_prefix(src.tid));
         let mut next = from;
         let mut out = Vec::new();
@@ -949,6 +922,25 @@ impl Engine {
             }
         }
         Ok((out, next))
+    }
+
+    /// Scans up to `limit` log entries after subscription `name`'s scan position; `None`
+    /// when it has seen the whole log. Returns the matching events and the new position.
+    fn scan_on(&self, name: &str, limit: usize) -> Result<Option<Scanned>> {
+        let src = self.source(name)?;
+        let c = &self.topic(&src.topic)?.counters;
+        if src.scan_next >= c.next_offset {
+            return Ok(None);
+        }
+        let from = src.scan_next.max(c.first_offset);
+        let (found, scan_next) = self.scan(src, from, limit)?;
+        // Nothing left at or after `from`: the rest was removed from the log.
+        let scan_next = if scan_next == from {
+            c.next_offset
+        } else {
+            scan_next
+        };
+        Ok(Some((found, scan_next)))
     }
 
     /// Whether queue `q` has anything to deliver besides what is leased.
@@ -981,15 +973,13 @@ impl Engine {
         let mut scanned = 0;
         loop {
             let qid = self.queue(name)?.qid;
-            let src = self.source(name)?;
-            let t = self.topic(&src.topic)?;
-            let (first, next) = (t.counters.first_offset, t.counters.next_offset);
-            if src.window.is_empty() {
-                if src.scan_next >= next || scanned >= SCAN_MAX {
+            if self.source(name)?.window.is_empty() {
+                if scanned >= SCAN_MAX {
                     return Ok(None);
                 }
-                let from = src.scan_next.max(first);
-                let (found, scan_next) = self.scan(src, from, WINDOW_MAX)?;
+                let Some((found, scan_next)) = self.scan_on(name, WINDOW_MAX)? else {
+                    return Ok(None);
+                };
                 scanned += WINDOW_MAX;
                 let src = self.source_mut(name)?;
                 let mut bytes = 0;
@@ -997,8 +987,7 @@ impl Engine {
                     bytes += e.event.len();
                     (o, (bytes <= WINDOW_BYTES_MAX).then_some(e))
                 }));
-                // Nothing left at or after `from`: the rest was removed from the log.
-                src.scan_next = if scan_next == from { next } else { scan_next };
+                src.scan_next = scan_next;
                 if src.window.is_empty() {
                     let cursor = src.scan_next;
                     self.queue_mut(name)?.counters.cursor = cursor;
@@ -1022,28 +1011,17 @@ impl Engine {
         let q = self.queue(name)?;
         let qid = q.qid;
         let room = FIFO_AHEAD_MAX.saturating_sub(q.counters.ready);
-        let src = self.source(name)?;
-        let t = self.topic(&src.topic)?;
-        let (first, next) = (t.counters.first_offset, t.counters.next_offset);
-        if room == 0 || src.scan_next >= next {
+        if room == 0 {
             return Ok(false);
         }
-        let from = src.scan_next.max(first);
-        let (found, scan_next) = self.scan(src, from, STEP.min(room as usize))?;
-        let scan_next = if scan_next == from { next } else { scan_next };
+        let Some((found, scan_next)) = self.scan_on(name, STEP.min(room as usize))? else {
+            return Ok(false);
+        };
         let mut batch = self.store.batch();
         let moved = !found.is_empty();
         for (offset, entry) in found {
             let group = self.source(name)?.group_of(&entry.event);
-            let record = MessageRecord {
-                sent_ms: entry.published_ms,
-                group: Some(group),
-                dedup_id: None,
-                attributes: Vec::new(),
-                body: Vec::new(),
-                dead_letter: None,
-                rseq: None,
-            };
+            let record = record_of(entry, Some(group));
             self.insert_message(&mut batch, qid, offset, &record, now, 0, 0, now)?;
         }
         self.source_mut(name)?.scan_next = scan_next;
@@ -1073,12 +1051,6 @@ impl Engine {
 
     fn forward(&mut self, name: &str, target: &str, now: u64) -> Result<Option<Waker>> {
         let qid = self.queue(name)?.qid;
-        let src = self.source(name)?;
-        let t = self.topic(&src.topic)?;
-        let (first, next) = (t.counters.first_offset, t.counters.next_offset);
-        if src.scan_next >= next {
-            return Ok(None);
-        }
         let Some(tq) = self.queues.get(target) else {
             return Ok(None);
         };
@@ -1088,10 +1060,10 @@ impl Engine {
             tq.config.fifo,
             tq.notify.clone(),
         );
-        let topic = src.topic.clone();
-        let from = src.scan_next.max(first);
-        let (found, scan_next) = self.scan(src, from, STEP)?;
-        let scan_next = if scan_next == from { next } else { scan_next };
+        let Some((found, scan_next)) = self.scan_on(name, STEP)? else {
+            return Ok(None);
+        };
+        let topic = self.source(name)?.topic.clone();
         let mut batch = self.store.batch();
         let sent = !found.is_empty();
         for (offset, entry) in found {
