@@ -73,7 +73,9 @@ pub enum EffectError {
     KeyTooLong(usize),
     #[error("the value is {0} bytes, over the limit of {MAX_VALUE_BYTES}")]
     ValueTooLarge(usize),
-    #[error("the invocation's effects are over the limit of {MAX_EFFECTS} or {MAX_EFFECT_BYTES} bytes")]
+    #[error(
+        "the invocation's effects are over the limit of {MAX_EFFECTS} or {MAX_EFFECT_BYTES} bytes"
+    )]
     TooManyEffects,
 }
 
@@ -206,7 +208,8 @@ mod tests {
     #[test]
     fn compare_and_set_table() {
         // (committed, buffered write before, expected, succeeds, expectation recorded)
-        let cases: &[(Write, Option<Write>, Write, bool, Option<Write>)] = &[
+        type Case = (Write, Option<Write>, Write, bool, Option<Write>);
+        let cases: &[Case] = &[
             (None, None, None, true, Some(None)),
             (v("1"), None, v("1"), true, Some(v("1"))),
             (v("1"), None, v("2"), false, None),
@@ -228,7 +231,11 @@ mod tests {
                 .unwrap();
             assert_eq!(got, *ok, "case {i}");
             assert_eq!(fx.expected.get("k").cloned(), *recorded, "case {i}");
-            let want = if *ok { v("new") } else { before.clone().flatten() };
+            let want = if *ok {
+                v("new")
+            } else {
+                before.clone().flatten()
+            };
             assert_eq!(fx.writes.get("k").cloned().flatten(), want, "case {i}");
         }
     }
@@ -238,14 +245,23 @@ mod tests {
         let mut fx = Effects::default();
         assert_eq!(fx.write("", v("x")), Err(EffectError::EmptyKey));
         let long = "k".repeat(MAX_KEY_BYTES + 1);
-        assert_eq!(fx.write(&long, v("x")), Err(EffectError::KeyTooLong(MAX_KEY_BYTES + 1)));
+        assert_eq!(
+            fx.write(&long, v("x")),
+            Err(EffectError::KeyTooLong(MAX_KEY_BYTES + 1))
+        );
         let big = vec![0u8; MAX_VALUE_BYTES + 1];
-        assert_eq!(fx.write("k", Some(big)), Err(EffectError::ValueTooLarge(MAX_VALUE_BYTES + 1)));
+        assert_eq!(
+            fx.write("k", Some(big)),
+            Err(EffectError::ValueTooLarge(MAX_VALUE_BYTES + 1))
+        );
         assert!(fx.is_empty());
         for i in 0..MAX_EFFECTS {
             fx.write(&format!("k{i}"), v("x")).unwrap();
         }
-        assert_eq!(fx.write("one-more", v("x")), Err(EffectError::TooManyEffects));
+        assert_eq!(
+            fx.write("one-more", v("x")),
+            Err(EffectError::TooManyEffects)
+        );
         // Rewriting an existing key is not a new effect.
         fx.write("k0", v("y")).unwrap();
     }
@@ -257,9 +273,18 @@ mod tests {
         fx.write("a/3", None).unwrap();
         fx.write("b/1", v("x")).unwrap();
         let committed = vec!["a/1".to_owned(), "a/3".to_owned(), "a/4".to_owned()];
-        assert_eq!(fx.merge_keys(committed.clone(), "a/", None, 10), ["a/1", "a/2", "a/4"]);
-        assert_eq!(fx.merge_keys(committed.clone(), "a/", None, 2), ["a/1", "a/2"]);
-        let after: Vec<String> = committed.into_iter().filter(|k| k.as_str() > "a/1").collect();
+        assert_eq!(
+            fx.merge_keys(committed.clone(), "a/", None, 10),
+            ["a/1", "a/2", "a/4"]
+        );
+        assert_eq!(
+            fx.merge_keys(committed.clone(), "a/", None, 2),
+            ["a/1", "a/2"]
+        );
+        let after: Vec<String> = committed
+            .into_iter()
+            .filter(|k| k.as_str() > "a/1")
+            .collect();
         assert_eq!(fx.merge_keys(after, "a/", Some("a/1"), 10), ["a/2", "a/4"]);
     }
 }

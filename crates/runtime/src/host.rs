@@ -19,7 +19,12 @@ pub trait Host: Send + Sync {
     /// The committed value of the function's `key`.
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
     /// Committed keys starting with `prefix`, after `after`, at most `limit`, in order.
-    fn kv_list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, String>;
+    fn kv_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, String>;
     /// Whether `event` may be published to `topic` (it exists, the event is valid).
     fn check_publish(&self, topic: &str, event: &OutgoingEvent) -> Result<(), String>;
     /// Whether the message may be sent (the queue exists, the body is JSON).
@@ -67,7 +72,11 @@ pub(crate) fn push_output(logs: &mut Vec<LogLine>, stream: &str, bytes: &[u8], a
     if bytes.is_empty() {
         return;
     }
-    let level = if stream == "stderr" { LogLevel::Warn } else { LogLevel::Info };
+    let level = if stream == "stderr" {
+        LogLevel::Warn
+    } else {
+        LogLevel::Info
+    };
     let text = String::from_utf8_lossy(bytes);
     for line in text.lines().take(MAX_LOG_LINES) {
         logs.push(LogLine {
@@ -103,7 +112,9 @@ impl messaging::Host for State {
             extensions: event.extensions,
         };
         self.host.check_publish(&topic, &event)?;
-        self.effects.publish(PublishEffect { topic, event }).map_err(|e| self.refuse(e))
+        self.effects
+            .publish(PublishEffect { topic, event })
+            .map_err(|e| self.refuse(e))
     }
 
     fn send(
@@ -178,7 +189,9 @@ impl keyvalue::Host for State {
             .host
             .kv_list(&prefix, cursor.as_deref(), MAX_LIST_KEYS + deletes)
             .map_err(keyvalue::Error::Other)?;
-        Ok(self.effects.merge_keys(committed, &prefix, cursor.as_deref(), MAX_LIST_KEYS))
+        Ok(self
+            .effects
+            .merge_keys(committed, &prefix, cursor.as_deref(), MAX_LIST_KEYS))
     }
 
     fn compare_and_set(
@@ -191,7 +204,10 @@ impl keyvalue::Host for State {
             Some(_) => None,
             None => Some(self.committed(&key)?),
         };
-        match self.effects.compare_and_set(&key, committed.as_ref(), expected, value) {
+        match self
+            .effects
+            .compare_and_set(&key, committed.as_ref(), expected, value)
+        {
             Ok(done) => Ok(done),
             Err(e @ crate::EffectError::TooManyEffects) => Err(kv_error(self.refuse(e))),
             Err(_) => Err(keyvalue::Error::AccessDenied),
@@ -201,7 +217,11 @@ impl keyvalue::Host for State {
 
 impl config::Host for State {
     fn get(&mut self, key: String) -> Result<Option<String>, config::Error> {
-        Ok(self.config.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
+        Ok(self
+            .config
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone()))
     }
 
     fn get_all(&mut self) -> Result<Vec<(String, String)>, config::Error> {
@@ -224,7 +244,12 @@ impl logging::Host for State {
             logging::Level::Critical => LogLevel::Critical,
         };
         let at_ms = self.started.elapsed().as_millis() as u64;
-        self.logs.push(LogLine { at_ms, level, context, message });
+        self.logs.push(LogLine {
+            at_ms,
+            level,
+            context,
+            message,
+        });
         if self.logs.len() == MAX_LOG_LINES || self.log_bytes >= MAX_LOG_BYTES {
             self.logs.push(LogLine {
                 at_ms,

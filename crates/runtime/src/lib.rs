@@ -96,6 +96,26 @@ pub enum DeployError {
     WrongExport(String),
     #[error("the component imports something Sluice does not provide: {0}")]
     UnknownImport(String),
+    #[error("the component failed to instantiate: {0}")]
+    Instantiate(String),
+}
+
+/// The host of the instance made at deploy: it is never called.
+struct NoHost;
+
+impl Host for NoHost {
+    fn kv_get(&self, _key: &str) -> Result<Option<Vec<u8>>, String> {
+        Err("no state at deploy".into())
+    }
+    fn kv_list(&self, _p: &str, _a: Option<&str>, _l: usize) -> Result<Vec<String>, String> {
+        Err("no state at deploy".into())
+    }
+    fn check_publish(&self, _topic: &str, _event: &OutgoingEvent) -> Result<(), String> {
+        Err("no publishing at deploy".into())
+    }
+    fn check_send(&self, _message: &SendEffect) -> Result<(), String> {
+        Err("no sending at deploy".into())
+    }
 }
 
 /// A failure of the runtime itself, not of a function.
@@ -123,7 +143,10 @@ pub(crate) struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -234,11 +257,8 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(runtime_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_error)?;
-        bindings::Function::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(runtime_error)?;
+        bindings::Function::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(runtime_error)?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();
@@ -254,7 +274,12 @@ impl Runtime {
                 })
                 .map_err(runtime_error)?;
         }
-        Ok(Self { engine, linker, config, stop })
+        Ok(Self {
+            engine,
+            linker,
+            config,
+            stop,
+        })
     }
 
     /// The runtime's settings.
@@ -272,20 +297,48 @@ impl Runtime {
         if wasm[4..8] == [1, 0, 0, 0] {
             return Err(DeployError::CoreModule);
         }
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
         let Some(index) = component.get_export_index(None, HANDLER_INTERFACE) else {
             return Err(DeployError::MissingExport);
         };
         if component.get_export_index(Some(&index), "handle").is_none() {
-            return Err(DeployError::WrongExport("it has no function `handle`".into()));
+            return Err(DeployError::WrongExport(
+                "it has no function `handle`".into(),
+            ));
         }
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| DeployError::UnknownImport(format!("{e:#}")))?;
-        bindings::FunctionPre::new(pre).map_err(|e| DeployError::WrongExport(format!("{e:#}")))?;
-        component.serialize().map_err(|e| DeployError::Invalid(format!("{e:#}")))
+        let pre = bindings::FunctionPre::new(pre)
+            .map_err(|e| DeployError::WrongExport(format!("{e:#}")))?;
+        // Types of exports are checked when an instance is made: make one,
+        // under limits, without calling it.
+        let limits = Limits {
+            memory: self.config.max_memory,
+            timeout: Duration::from_secs(10),
+        };
+        let mut store = self.store(
+            Arc::new(NoHost),
+            Arc::default(),
+            &limits,
+            Instant::now(),
+            None,
+        );
+        if let Err(e) = pre.instantiate(&mut store) {
+            let text = format!("{e:#}");
+            return Err(
+                if text.contains("type mismatch") || text.contains("expected") {
+                    DeployError::WrongExport(text)
+                } else {
+                    DeployError::Instantiate(text)
+                },
+            );
+        }
+        component
+            .serialize()
+            .map_err(|e| DeployError::Invalid(format!("{e:#}")))
     }
 
     /// Load an artifact written from [`Runtime::compile`]'s output, with the
@@ -293,14 +346,21 @@ impl Runtime {
     ///
     /// The file must be one this runtime (the same Sluice build) wrote: it
     /// is machine code, trusted as such.
-    pub fn load(&self, artifact: &Path, config: Vec<(String, String)>) -> Result<Loaded, RuntimeError> {
+    pub fn load(
+        &self,
+        artifact: &Path,
+        config: Vec<(String, String)>,
+    ) -> Result<Loaded, RuntimeError> {
         let started = Instant::now();
         // SAFETY: artifacts are written only by `compile` of this engine
         // configuration into Sluice's own data directory; wasmtime checks the
         // engine and version header before using the code.
         let component = unsafe { Component::deserialize_file(&self.engine, artifact) }
             .map_err(|e| RuntimeError(format!("loading {}: {e:#}", artifact.display())))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(runtime_error)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(runtime_error)?;
         let pre = bindings::FunctionPre::new(pre).map_err(runtime_error)?;
         Ok(Loaded {
             pre,
@@ -308,6 +368,50 @@ impl Runtime {
             load_time: started.elapsed(),
             first: AtomicBool::new(true),
         })
+    }
+
+    /// A fresh store for one instance: no filesystem, no network, output
+    /// captured when `output` is given, memory limited, the epoch deadline set.
+    fn store(
+        &self,
+        host: Arc<dyn Host>,
+        config: Arc<Vec<(String, String)>>,
+        limits: &Limits,
+        started: Instant,
+        output: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
+    ) -> Store<State> {
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if let Some((stdout, stderr)) = output {
+            wasi.stdout(stdout).stderr(stderr);
+        }
+        let state = State {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: limiter::MemoryLimiter::new(limits.memory),
+            effects: Effects::default(),
+            effect_error: None,
+            logs: Vec::new(),
+            log_bytes: 0,
+            host,
+            config,
+            started,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = limits
+            .timeout
+            .as_nanos()
+            .div_ceil(self.config.tick.as_nanos().max(1)) as u64;
+        store.set_epoch_deadline(ticks.max(1) + 1);
+        store.epoch_deadline_trap();
+        if self.config.fuel {
+            // Fuel is metered for cost, not as a limit: the timeout bounds time.
+            let _ = store.set_fuel(u64::MAX);
+        }
+        store
     }
 
     /// Run one invocation of `function` with `events` in a fresh instance.
@@ -325,44 +429,32 @@ impl Runtime {
         let cold = function.first.swap(false, Ordering::Relaxed);
         let stdout = MemoryOutputPipe::new(MAX_OUTPUT_BYTES);
         let stderr = MemoryOutputPipe::new(MAX_OUTPUT_BYTES);
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let state = State {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: limiter::MemoryLimiter::new(limits.memory),
-            effects: Effects::default(),
-            effect_error: None,
-            logs: Vec::new(),
-            log_bytes: 0,
+        let mut store = self.store(
             host,
-            config: function.config.clone(),
+            function.config.clone(),
+            limits,
             started,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let ticks = limits.timeout.as_nanos().div_ceil(self.config.tick.as_nanos().max(1)) as u64;
-        store.set_epoch_deadline(ticks.max(1) + 1);
-        store.epoch_deadline_trap();
-        if self.config.fuel {
-            // Fuel is metered for cost, not as a limit: the timeout bounds time.
-            let _ = store.set_fuel(u64::MAX);
-        }
+            Some((stdout.clone(), stderr.clone())),
+        );
         let result = function.pre.instantiate(&mut store).map(|instance| {
             let instantiate = started.elapsed();
-            (instance.sluice_function_handler().call_handle(&mut store, events), instantiate)
+            (
+                instance
+                    .sluice_function_handler()
+                    .call_handle(&mut store, events),
+                instantiate,
+            )
         });
         let (called, instantiate) = match result {
             Ok((called, instantiate)) => (called, instantiate),
             Err(e) => (Err(e), started.elapsed()),
         };
         let duration = started.elapsed();
-        let fuel = if self.config.fuel { store.get_fuel().ok().map(|left| u64::MAX - left) } else { None };
+        let fuel = if self.config.fuel {
+            store.get_fuel().ok().map(|left| u64::MAX - left)
+        } else {
+            None
+        };
         let state = store.into_data();
         let mut logs = state.logs;
         host::push_output(&mut logs, "stdout", &stdout.contents(), duration);
@@ -371,6 +463,11 @@ impl Runtime {
             Ok(bindings::sluice::function::types::Outcome::Success) => Outcome::Success,
             Ok(bindings::sluice::function::types::Outcome::PartialFailure(failed)) => {
                 Outcome::PartialFailure(failed)
+            }
+            // A guest that caught its own out-of-memory error still failed
+            // because of the limit; say so.
+            Ok(bindings::sluice::function::types::Outcome::Error(_)) if state.limiter.refused() => {
+                Outcome::Failed(Failure::MemoryLimit(limits.memory))
             }
             Ok(bindings::sluice::function::types::Outcome::Error(m)) => {
                 Outcome::Failed(Failure::Error(m))
@@ -381,7 +478,15 @@ impl Runtime {
             Outcome::Failed(_) => Effects::default(),
             _ => state.effects,
         };
-        Invocation { outcome, effects, logs, cold, instantiate, duration, fuel }
+        Invocation {
+            outcome,
+            effects,
+            logs,
+            cold,
+            instantiate,
+            duration,
+            fuel,
+        }
     }
 }
 

@@ -11,7 +11,11 @@ pub(crate) struct MemoryLimiter {
 
 impl MemoryLimiter {
     pub(crate) fn new(limit: u64) -> Self {
-        Self { limit, used: 0, refused: false }
+        Self {
+            limit,
+            used: 0,
+            refused: false,
+        }
     }
 
     /// Whether a growth was refused.
@@ -53,10 +57,20 @@ mod tests {
     #[test]
     fn sums_growth_over_memories() {
         // (current, desired, allowed)
-        let steps = [(0, 40, true), (0, 40, true), (40, 60, true), (0, 1, false), (60, 60, true)];
+        let steps = [
+            (0, 40, true),
+            (0, 40, true),
+            (40, 60, true),
+            (0, 1, false),
+            (60, 60, true),
+        ];
         let mut l = MemoryLimiter::new(100);
         for (i, (current, desired, allowed)) in steps.into_iter().enumerate() {
-            assert_eq!(l.memory_growing(current, desired, None).unwrap(), allowed, "step {i}");
+            assert_eq!(
+                l.memory_growing(current, desired, None).unwrap(),
+                allowed,
+                "step {i}"
+            );
         }
         assert!(l.refused());
         assert_eq!(l.used, 100);
