@@ -61,6 +61,7 @@ struct Keyspaces {
     state: Keyspace,
     index: Keyspace,
     log: Keyspace,
+    kv: Keyspace,
 }
 
 struct QueueState {
@@ -175,6 +176,7 @@ impl Engine {
             state: store.keyspace("state")?,
             index: store.keyspace("index")?,
             log: store.keyspace("log")?,
+            kv: store.keyspace("kv")?,
         };
         let next_seq = read_u64(&ks.meta, SEQ_KEY)?;
         let next_qid = read_u64(&ks.meta, QID_KEY)?;
@@ -629,11 +631,23 @@ impl Engine {
         messages: Vec<NewMessage>,
         now: u64,
     ) -> Result<(Vec<SendOutcome>, Ticket, Waker)> {
+        let mut batch = self.store.batch();
+        let (outcomes, notify) = self.send_into(&mut batch, name, messages, now)?;
+        Ok((outcomes, self.write(batch)?, notify))
+    }
+
+    /// [`Self::send`] into a caller's batch, which the caller writes.
+    pub(crate) fn send_into(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        messages: Vec<NewMessage>,
+        now: u64,
+    ) -> Result<(Vec<SendOutcome>, Waker)> {
         let (qid, config, notify) = {
             let q = self.queue(name)?;
             (q.qid, q.config.clone(), q.notify.clone())
         };
-        let mut batch = self.store.batch();
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut batch_dedup: HashMap<String, u64> = HashMap::new();
         for m in messages {
@@ -658,7 +672,7 @@ impl Engine {
             self.next_seq += 1;
             if let Some(id) = &m.dedup_id {
                 let expires = now + config.dedup_window.as_millis();
-                self.remember_dedup(&mut batch, qid, id.as_bytes(), expires, seq);
+                self.remember_dedup(batch, qid, id.as_bytes(), expires, seq);
                 batch_dedup.insert(id.clone(), seq);
             }
             let delay = m.delay.unwrap_or(config.delay).as_millis();
@@ -671,13 +685,12 @@ impl Engine {
                 dead_letter: None,
                 rseq: None,
             };
-            self.insert_message(&mut batch, qid, seq, &record, now + delay, 0, 0, now)?;
+            self.insert_message(batch, qid, seq, &record, now + delay, 0, 0, now)?;
             let q = self.queue_mut(name)?;
             q.counters.sent_total += 1;
             outcomes.push(SendOutcome::Sent(codec::message_id(seq)));
         }
-        let ticket = self.write(batch)?;
-        Ok((outcomes, ticket, notify))
+        Ok((outcomes, notify))
     }
 
     /// Remembers dedup id `id` of queue or topic `qid` for `seq` until `expires`.
@@ -1035,13 +1048,25 @@ impl Engine {
         receipts: &[String],
         now: u64,
     ) -> Result<(Vec<ReceiptOutcome>, Ticket, Waker)> {
+        let mut batch = self.store.batch();
+        let (outcomes, notify) = self.ack_into(&mut batch, name, receipts, now)?;
+        Ok((outcomes, self.write(batch)?, notify))
+    }
+
+    /// [`Self::ack`] into a caller's batch, which the caller writes.
+    pub(crate) fn ack_into(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        receipts: &[String],
+        now: u64,
+    ) -> Result<(Vec<ReceiptOutcome>, Waker)> {
         let (qid, notify) = {
             let q = self.queue(name)?;
             (q.qid, q.notify.clone())
         };
         let is_dead_letter_queue = self.has_dead_letter_sources(name);
         let owns_records = self.owns_records(qid);
-        let mut batch = self.store.batch();
         let mut outcomes = Vec::with_capacity(receipts.len());
         let mut removed = HashSet::new();
         for receipt in receipts {
@@ -1080,8 +1105,7 @@ impl Engine {
             }
             outcomes.push(Ok(()));
         }
-        let ticket = self.write(batch)?;
-        Ok((outcomes, ticket, notify))
+        Ok((outcomes, notify))
     }
 
     fn has_dead_letter_sources(&self, name: &str) -> bool {
@@ -1101,6 +1125,19 @@ impl Engine {
         now: u64,
     ) -> Result<(Vec<ReceiptOutcome>, Ticket, Vec<Waker>)> {
         let mut batch = self.store.batch();
+        let (outcomes, woken) = self.nack_into(&mut batch, name, receipts, nack, now)?;
+        Ok((outcomes, self.write(batch)?, woken))
+    }
+
+    /// [`Self::nack`] into a caller's batch, which the caller writes.
+    pub(crate) fn nack_into(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        receipts: &[String],
+        nack: &Nack,
+        now: u64,
+    ) -> Result<(Vec<ReceiptOutcome>, Vec<Waker>)> {
         let mut outcomes = Vec::with_capacity(receipts.len());
         let mut woken = vec![self.queue(name)?.notify.clone()];
         let mut removed = HashSet::new();
@@ -1116,13 +1153,12 @@ impl Engine {
                 delay_ms: nack.delay.map(HumanDuration::as_millis),
                 reason: nack.reason.clone(),
             };
-            if let Some(w) = self.release_lease(&mut batch, name, seq, cause, &mut removed, now)? {
+            if let Some(w) = self.release_lease(batch, name, seq, cause, &mut removed, now)? {
                 woken.push(w);
             }
             outcomes.push(Ok(()));
         }
-        let ticket = self.write(batch)?;
-        Ok((outcomes, ticket, woken))
+        Ok((outcomes, woken))
     }
 
     /// Ends the lease on `seq` for `cause`: the message is retried or dead-lettered. Returns
@@ -1761,7 +1797,10 @@ fn validate_message(m: &NewMessage, config: &QueueConfig) -> Result<()> {
     Ok(())
 }
 
+mod commit;
 mod topics;
+
+pub use commit::Commit;
 
 pub(crate) use topics::subscription_queue;
 

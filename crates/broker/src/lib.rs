@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Backoff, ConfigError, QueueConfig};
+pub use engine::Commit;
 use engine::Engine;
 pub use event::EventError;
 pub use filter::{Filter, PatternError};
@@ -105,6 +106,8 @@ pub enum Error {
         "subscription {subscription:?} forwards its events to queue {queue:?}; receive from that queue"
     )]
     NotPull { subscription: String, queue: String },
+    #[error("key {0:?} changed since it was read; the invocation is retried")]
+    KvConflict(String),
 }
 
 /// Broker result.
@@ -662,6 +665,64 @@ impl Broker {
         self.shared.store.durable(ticket).await?;
         notify.notify_waiters();
         Ok(offset)
+    }
+
+    // ---- function state and invocation commits ----
+
+    /// The committed value of `key` in the key-value state of `scope` (a function).
+    pub fn kv_get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.lock().kv_get(scope, key)
+    }
+
+    /// Keys of `scope` starting with `prefix`, after `after`, at most `limit`, in order.
+    pub fn kv_list(
+        &self,
+        scope: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.lock().kv_list(scope, prefix, after, limit)
+    }
+
+    /// Deletes all key-value state of `scope`.
+    pub async fn kv_drop(&self, scope: &str) -> Result<()> {
+        let ticket = self.lock().kv_drop(scope)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(())
+    }
+
+    /// Whether `event` could be published to `topic` now (the topic exists, the
+    /// event is a valid CloudEvent within the topic's limits).
+    pub fn check_publish(
+        &self,
+        topic: &str,
+        event: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        let now = self.now();
+        self.lock().check_publish(topic, event, now)
+    }
+
+    /// Whether `message` could be sent to `queue` now.
+    pub fn check_send(&self, queue: &str, message: &NewMessage) -> Result<()> {
+        self.lock().check_send(queue, message)
+    }
+
+    /// Commits an invocation's ack, nacks and effects in one atomic batch, or
+    /// nothing (an error says why: a receipt no longer held, a changed key, an
+    /// effect no longer valid). Answers once the batch is durable.
+    pub async fn commit(&self, commit: Commit) -> Result<()> {
+        let receipts = commit.ack.len() + commit.nack.len();
+        if receipts > BATCH_MAX {
+            return Err(Error::BatchTooLarge(receipts));
+        }
+        let now = self.now();
+        let (ticket, woken) = self.lock().commit(commit, now)?;
+        self.shared.store.durable(ticket).await?;
+        for n in woken {
+            n.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Wakes every long poll (used at shutdown, together with cancelling their token).

@@ -277,7 +277,7 @@ impl Engine {
         Ok(q)
     }
 
-    fn topic(&self, name: &str) -> Result<&TopicState> {
+    pub(super) fn topic(&self, name: &str) -> Result<&TopicState> {
         self.topics
             .get(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_owned()))
@@ -430,17 +430,52 @@ impl Engine {
 
     /// Appends events to topic `name`'s log. Returns the wakers of the topic's readers and
     /// subscriptions.
+    /// Whether `event` could be published to topic `name` now: the checks of
+    /// [`Self::publish_into`] that can refuse an event, without storing it.
+    pub(crate) fn check_publish(
+        &self,
+        name: &str,
+        event: &Map<String, Value>,
+        now: u64,
+    ) -> Result<()> {
+        let config = &self.topic(name)?.config;
+        let ev = event::normalize(event.clone(), now, || "unassigned".to_owned())
+            .map_err(Error::InvalidEvent)?;
+        let size = serde_json::to_vec(&ev.value)
+            .expect("a JSON object serializes")
+            .len();
+        if size as u64 > config.max_event_size.0 {
+            return Err(Error::EventTooLarge {
+                size,
+                max: config.max_event_size.0,
+            });
+        }
+        compaction_key(config, &ev).map(|_| ())
+    }
+
     pub(crate) fn publish(
         &mut self,
         name: &str,
         events: Vec<Map<String, Value>>,
         now: u64,
     ) -> Result<(Vec<PublishOutcome>, Ticket, Vec<Waker>)> {
+        let mut batch = self.store.batch();
+        let (outcomes, woken) = self.publish_into(&mut batch, name, events, now)?;
+        Ok((outcomes, self.write(batch)?, woken))
+    }
+
+    /// [`Self::publish`] into a caller's batch, which the caller writes.
+    pub(crate) fn publish_into(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        events: Vec<Map<String, Value>>,
+        now: u64,
+    ) -> Result<(Vec<PublishOutcome>, Vec<Waker>)> {
         let (tid, config) = {
             let t = self.topic(name)?;
             (t.tid, t.config.clone())
         };
-        let mut batch = self.store.batch();
         let mut outcomes = Vec::with_capacity(events.len());
         let mut batch_dedup: HashMap<Vec<u8>, u64> = HashMap::new();
         // Compacted topics: whether each key touched in this batch is live after it.
@@ -462,22 +497,12 @@ impl Engine {
                 }));
                 continue;
             }
-            let (key, tombstone) = match &config.compaction {
-                None => (None, false),
-                Some(c) => match ev.attribute(&c.key) {
-                    Some(k) => {
-                        let tombstone = ev.data_is_null()
-                            || c.tombstone_type.as_deref() == Some(ev.ty.as_str());
-                        (Some(k), tombstone)
-                    }
-                    None => {
-                        outcomes.push(PublishOutcome::Failed(Error::InvalidEvent(EventError {
-                            attribute: c.key.clone(),
-                            message: "is required: the topic is compacted by it".into(),
-                        })));
-                        continue;
-                    }
-                },
+            let (key, tombstone) = match compaction_key(&config, &ev) {
+                Ok(k) => k,
+                Err(e) => {
+                    outcomes.push(PublishOutcome::Failed(e));
+                    continue;
+                }
             };
             let dedup_id = ev.client_id.then(|| {
                 let mut k = ev.source.as_bytes().to_vec();
@@ -506,13 +531,7 @@ impl Engine {
             t.counters.bytes += json.len() as u64;
             t.counters.published_total += 1;
             if let Some(d) = &dedup_id {
-                self.remember_dedup(
-                    &mut batch,
-                    tid,
-                    d,
-                    now + config.dedup_window.as_millis(),
-                    offset,
-                );
+                self.remember_dedup(batch, tid, d, now + config.dedup_window.as_millis(), offset);
                 batch_dedup.insert(d.clone(), offset);
             }
             if let Some(k) = &key {
@@ -547,7 +566,6 @@ impl Engine {
             self.dirty_topics.insert(name.to_owned());
             outcomes.push(PublishOutcome::Published { id: ev.id, offset });
         }
-        let ticket = self.write(batch)?;
         let mut woken = vec![self.topic(name)?.notify.clone()];
         woken.extend(
             self.queues
@@ -555,7 +573,7 @@ impl Engine {
                 .filter(|q| q.source.as_ref().is_some_and(|s| s.tid == tid))
                 .map(|q| q.notify.clone()),
         );
-        Ok((outcomes, ticket, woken))
+        Ok((outcomes, woken))
     }
 
     pub(crate) fn topic_notify(&self, name: &str) -> Result<Waker> {
@@ -1321,3 +1339,22 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+
+/// The compaction key of `ev` and whether it is a tombstone, on a compacted
+/// topic; an error if the key attribute is missing.
+fn compaction_key(config: &TopicConfig, ev: &event::Event) -> Result<(Option<String>, bool)> {
+    let Some(c) = &config.compaction else {
+        return Ok((None, false));
+    };
+    match ev.attribute(&c.key) {
+        Some(k) => {
+            let tombstone =
+                ev.data_is_null() || c.tombstone_type.as_deref() == Some(ev.ty.as_str());
+            Ok((Some(k), tombstone))
+        }
+        None => Err(Error::InvalidEvent(EventError {
+            attribute: c.key.clone(),
+            message: "is required: the topic is compacted by it".into(),
+        })),
+    }
+}

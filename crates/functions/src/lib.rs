@@ -1,0 +1,693 @@
+//! Functions: deploying components as immutable versions with aliases,
+//! invoking them, and committing what an invocation did (events published,
+//! messages sent, state written) atomically through the broker.
+//!
+//! The runtime runs guests and buffers their effects; this crate owns where
+//! artifacts live, which version an alias points at, how many invocations of
+//! a version run at once, and the commit.
+
+pub mod convert;
+mod host;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use sluice_broker::{Broker, Commit, Error as BrokerError};
+use sluice_runtime::{DeployError, Effects, Failure, Limits, Loaded, LogLine, Outcome, Runtime};
+use sluice_store::{Keyspace, Store};
+use sluice_types::{Name, SharedClock};
+use tokio::sync::Semaphore;
+
+pub use registry::{FunctionMeta, LIVE, VersionMeta, VersionSettings};
+pub use sluice_runtime::{FailedEvent, RuntimeConfig};
+
+/// Most events in one invocation.
+pub const EVENTS_MAX: usize = 1_000;
+/// Largest component accepted for deploy.
+pub const ARTIFACT_MAX: usize = 128 << 20;
+/// Components compiled at once (compiling a Python or JavaScript component
+/// takes seconds of all cores).
+const COMPILES_MAX: usize = 1;
+
+/// Why a functions call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("function {0:?} does not exist")]
+    FunctionNotFound(String),
+    #[error("function {name:?} has no version {version}")]
+    VersionNotFound { name: String, version: u32 },
+    #[error("function {name:?} has no alias {alias:?}")]
+    AliasNotFound { name: String, alias: String },
+    #[error("version {version} of {name:?} is the target of alias {alias:?}; move the alias first")]
+    VersionInUse {
+        name: String,
+        version: u32,
+        alias: String,
+    },
+    #[error("{0}")]
+    InvalidSettings(String),
+    #[error("{0}")]
+    InvalidInvocation(String),
+    #[error("cannot deploy: {0}")]
+    Deploy(#[from] DeployError),
+    #[error("component of {size} bytes is larger than the limit of {max}")]
+    ArtifactTooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("storage failed: {0}")]
+    Store(#[from] sluice_store::Error),
+    #[error("function files: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("runtime: {0}")]
+    Runtime(String),
+    #[error("corrupt function record: {0}")]
+    Corrupt(String),
+}
+
+/// Result of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Which version an invocation runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Alias(String),
+    Version(u32),
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target::Alias(LIVE.to_owned())
+    }
+}
+
+/// A function with its versions, as answered by get and list.
+#[derive(Debug, Clone)]
+pub struct FunctionInfo {
+    pub meta: FunctionMeta,
+    pub versions: Vec<VersionMeta>,
+}
+
+/// The result of an invocation, committed or not.
+#[derive(Debug)]
+pub struct InvocationResult {
+    /// A unique id of this invocation.
+    pub id: String,
+    pub version: u32,
+    pub outcome: Outcome,
+    /// Why effects were not committed although the function succeeded (a
+    /// changed key, a topic deleted meanwhile); the outcome is then a failure.
+    pub commit_error: Option<String>,
+    /// What was committed (empty unless the outcome is success or partial failure).
+    pub effects: Effects,
+    pub logs: Vec<LogLine>,
+    pub cold: bool,
+    pub instantiate: Duration,
+    pub duration: Duration,
+    pub fuel: Option<u64>,
+}
+
+impl InvocationResult {
+    /// Whether the invocation failed as a whole.
+    pub fn failed(&self) -> Option<String> {
+        match (&self.outcome, &self.commit_error) {
+            (Outcome::Failed(f), _) => Some(f.to_string()),
+            (_, Some(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Functions of one Sluice server.
+#[derive(Clone)]
+pub struct Functions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    store: Store,
+    ks: Keyspace,
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    clock: SharedClock,
+    /// Function records by name; changed only under `registry_lock`.
+    functions: Mutex<HashMap<String, FunctionMeta>>,
+    registry_lock: tokio::sync::Mutex<()>,
+    loaded: Mutex<HashMap<(String, u32), Arc<Loaded>>>,
+    version_permits: Mutex<HashMap<(String, u32), Arc<Semaphore>>>,
+    instance_permits: Arc<Semaphore>,
+    compiles: Semaphore,
+    rng: Mutex<StdRng>,
+}
+
+impl Functions {
+    /// Opens the functions of `store`, keeping artifacts under `dir`, and
+    /// removes artifacts no version refers to (left by a crash mid-deploy).
+    pub fn open(
+        broker: Broker,
+        store: Store,
+        dir: &Path,
+        clock: SharedClock,
+        config: RuntimeConfig,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let ks = store.keyspace("functions")?;
+        let runtime = Runtime::new(config.clone()).map_err(|e| Error::Runtime(e.to_string()))?;
+        let mut functions = HashMap::new();
+        for (_, v) in ks.range(b"f\0", b"f\x01", usize::MAX)? {
+            let meta: FunctionMeta =
+                serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))?;
+            functions.insert(meta.name.clone(), meta);
+        }
+        let inner = Inner {
+            broker,
+            store,
+            ks,
+            runtime: Arc::new(runtime),
+            dir: dir.to_owned(),
+            clock,
+            functions: Mutex::new(functions),
+            registry_lock: tokio::sync::Mutex::new(()),
+            loaded: Mutex::new(HashMap::new()),
+            version_permits: Mutex::new(HashMap::new()),
+            instance_permits: Arc::new(Semaphore::new(config.max_instances as usize)),
+            compiles: Semaphore::new(COMPILES_MAX),
+            rng: Mutex::new(StdRng::from_os_rng()),
+        };
+        let this = Self {
+            inner: Arc::new(inner),
+        };
+        this.remove_orphans()?;
+        Ok(this)
+    }
+
+    fn artifact_path(&self, name: &str, version: u32) -> PathBuf {
+        self.inner.dir.join(name).join(format!("{version}.cwasm"))
+    }
+
+    /// Deletes artifact files and folders that no stored version refers to.
+    fn remove_orphans(&self) -> Result<()> {
+        for entry in std::fs::read_dir(&self.inner.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let known = self.inner.functions.lock().unwrap().contains_key(&name);
+            if !known {
+                std::fs::remove_dir_all(entry.path())?;
+                continue;
+            }
+            for file in std::fs::read_dir(entry.path())? {
+                let file = file?;
+                let fname = file.file_name().to_string_lossy().into_owned();
+                let version = fname
+                    .strip_suffix(".cwasm")
+                    .and_then(|v| v.parse::<u32>().ok());
+                let keep = match version {
+                    Some(v) => self.inner.ks.contains(&registry::version_key(&name, v))?,
+                    None => false,
+                };
+                if !keep {
+                    std::fs::remove_file(file.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn meta(&self, name: &str) -> Result<FunctionMeta> {
+        self.inner
+            .functions
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::FunctionNotFound(name.to_owned()))
+    }
+
+    fn version_meta(&self, name: &str, version: u32) -> Result<VersionMeta> {
+        let v = self
+            .inner
+            .ks
+            .get(&registry::version_key(name, version))?
+            .ok_or_else(|| Error::VersionNotFound {
+                name: name.to_owned(),
+                version,
+            })?;
+        serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))
+    }
+
+    fn versions(&self, name: &str) -> Result<Vec<VersionMeta>> {
+        let prefix = registry::version_prefix(name);
+        let mut end = prefix.clone();
+        end.push(0xff);
+        self.inner
+            .ks
+            .range(&prefix, &end, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string())))
+            .collect()
+    }
+
+    /// Compiles `wasm` and stores it as the next version of `name` (creating
+    /// the function), pointing `live` at it.
+    pub async fn deploy(
+        &self,
+        name: &Name,
+        wasm: Vec<u8>,
+        settings: VersionSettings,
+    ) -> Result<VersionMeta> {
+        if wasm.len() > ARTIFACT_MAX {
+            return Err(Error::ArtifactTooLarge {
+                size: wasm.len(),
+                max: ARTIFACT_MAX,
+            });
+        }
+        settings.validate().map_err(Error::InvalidSettings)?;
+        if settings.memory.0 > self.inner.runtime.config().max_memory {
+            return Err(Error::InvalidSettings(format!(
+                "memory {} is over this server's limit of {} bytes",
+                settings.memory,
+                self.inner.runtime.config().max_memory
+            )));
+        }
+        let sha256 = format!("{:x}", Sha256::digest(&wasm));
+        let size = wasm.len() as u64;
+        let artifact = {
+            let _compiling = self.inner.compiles.acquire().await.expect("never closed");
+            let runtime = self.inner.runtime.clone();
+            tokio::task::spawn_blocking(move || runtime.compile(&wasm))
+                .await
+                .map_err(|e| Error::Runtime(e.to_string()))??
+        };
+        let _registry = self.inner.registry_lock.lock().await;
+        let now = self.inner.clock.now_ms();
+        let mut meta = self.meta(name.as_str()).unwrap_or_else(|_| FunctionMeta {
+            name: name.to_string(),
+            created_ms: now,
+            next_version: 1,
+            aliases: Default::default(),
+        });
+        let version = meta.next_version;
+        meta.next_version += 1;
+        meta.aliases.insert(LIVE.to_owned(), version);
+        let path = self.artifact_path(name.as_str(), version);
+        write_durably(&path, &artifact)?;
+        let vmeta = VersionMeta {
+            version,
+            created_ms: now,
+            sha256,
+            size,
+            settings,
+        };
+        let mut batch = self.inner.store.batch();
+        batch.put(
+            &self.inner.ks,
+            registry::function_key(name.as_str()),
+            encode(&meta),
+        );
+        batch.put(
+            &self.inner.ks,
+            registry::version_key(name.as_str(), version),
+            encode(&vmeta),
+        );
+        self.inner.store.commit(batch).await?;
+        self.inner
+            .functions
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), meta);
+        tracing::info!(function = %name, version, "deployed");
+        Ok(vmeta)
+    }
+
+    /// A function and its versions.
+    pub fn get(&self, name: &str) -> Result<FunctionInfo> {
+        let meta = self.meta(name)?;
+        let versions = self.versions(name)?;
+        Ok(FunctionInfo { meta, versions })
+    }
+
+    /// One version.
+    pub fn get_version(&self, name: &str, version: u32) -> Result<VersionMeta> {
+        self.meta(name)?;
+        self.version_meta(name, version)
+    }
+
+    /// Every function, by name.
+    pub fn list(&self) -> Result<Vec<FunctionInfo>> {
+        let mut names: Vec<String> = self
+            .inner
+            .functions
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names.iter().map(|n| self.get(n)).collect()
+    }
+
+    /// Points `alias` of `name` at `version`.
+    pub async fn set_alias(&self, name: &str, alias: &str, version: u32) -> Result<FunctionMeta> {
+        registry::check_alias(alias).map_err(Error::InvalidSettings)?;
+        let _registry = self.inner.registry_lock.lock().await;
+        let mut meta = self.meta(name)?;
+        self.version_meta(name, version)?;
+        if !meta.aliases.contains_key(alias) && meta.aliases.len() >= registry::ALIASES_MAX {
+            return Err(Error::InvalidSettings(format!(
+                "{name:?} has {} aliases, the most a function may have",
+                registry::ALIASES_MAX
+            )));
+        }
+        meta.aliases.insert(alias.to_owned(), version);
+        self.save_meta(meta).await
+    }
+
+    /// Removes `alias` of `name`.
+    pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<FunctionMeta> {
+        let _registry = self.inner.registry_lock.lock().await;
+        let mut meta = self.meta(name)?;
+        if meta.aliases.remove(alias).is_none() {
+            return Err(Error::AliasNotFound {
+                name: name.to_owned(),
+                alias: alias.to_owned(),
+            });
+        }
+        self.save_meta(meta).await
+    }
+
+    /// Moves `alias` back to the newest version older than the one it points
+    /// at, or to `to`.
+    pub async fn rollback(&self, name: &str, alias: &str, to: Option<u32>) -> Result<FunctionMeta> {
+        let meta = self.meta(name)?;
+        let current = *meta
+            .aliases
+            .get(alias)
+            .ok_or_else(|| Error::AliasNotFound {
+                name: name.to_owned(),
+                alias: alias.to_owned(),
+            })?;
+        let target = match to {
+            Some(v) => v,
+            None => self
+                .versions(name)?
+                .iter()
+                .map(|v| v.version)
+                .filter(|v| *v < current)
+                .max()
+                .ok_or_else(|| {
+                    Error::InvalidSettings(format!(
+                        "alias {alias:?} of {name:?} is at version {current}, and no older version remains"
+                    ))
+                })?,
+        };
+        self.set_alias(name, alias, target).await
+    }
+
+    async fn save_meta(&self, meta: FunctionMeta) -> Result<FunctionMeta> {
+        let mut batch = self.inner.store.batch();
+        batch.put(
+            &self.inner.ks,
+            registry::function_key(&meta.name),
+            encode(&meta),
+        );
+        self.inner.store.commit(batch).await?;
+        self.inner
+            .functions
+            .lock()
+            .unwrap()
+            .insert(meta.name.clone(), meta.clone());
+        Ok(meta)
+    }
+
+    /// Deletes one version no alias points at.
+    pub async fn delete_version(&self, name: &str, version: u32) -> Result<()> {
+        let _registry = self.inner.registry_lock.lock().await;
+        let meta = self.meta(name)?;
+        self.version_meta(name, version)?;
+        if let Some((alias, _)) = meta.aliases.iter().find(|(_, v)| **v == version) {
+            return Err(Error::VersionInUse {
+                name: name.to_owned(),
+                version,
+                alias: alias.clone(),
+            });
+        }
+        let mut batch = self.inner.store.batch();
+        batch.delete(&self.inner.ks, registry::version_key(name, version));
+        self.inner.store.commit(batch).await?;
+        self.forget(name, Some(version));
+        remove_if_exists(&self.artifact_path(name, version))?;
+        Ok(())
+    }
+
+    /// Deletes a function: its versions, aliases, artifacts and state.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let _registry = self.inner.registry_lock.lock().await;
+        self.meta(name)?;
+        let mut batch = self.inner.store.batch();
+        batch.delete(&self.inner.ks, registry::function_key(name));
+        for v in self.versions(name)? {
+            batch.delete(&self.inner.ks, registry::version_key(name, v.version));
+        }
+        self.inner.store.commit(batch).await?;
+        self.inner.functions.lock().unwrap().remove(name);
+        self.forget(name, None);
+        self.inner.broker.kv_drop(name).await?;
+        let dir = self.inner.dir.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(())
+    }
+
+    fn forget(&self, name: &str, version: Option<u32>) {
+        let keep = |(n, v): &(String, u32)| n != name || version.is_some_and(|x| x != *v);
+        self.inner.loaded.lock().unwrap().retain(|k, _| keep(k));
+        self.inner
+            .version_permits
+            .lock()
+            .unwrap()
+            .retain(|k, _| keep(k));
+    }
+
+    /// The version `target` of `name` resolves to.
+    pub fn resolve(&self, name: &str, target: &Target) -> Result<u32> {
+        let meta = self.meta(name)?;
+        match target {
+            Target::Version(v) => Ok(*v),
+            Target::Alias(a) => meta
+                .aliases
+                .get(a)
+                .copied()
+                .ok_or_else(|| Error::AliasNotFound {
+                    name: name.to_owned(),
+                    alias: a.clone(),
+                }),
+        }
+    }
+
+    async fn loaded(
+        &self,
+        name: &str,
+        version: u32,
+        settings: &VersionSettings,
+    ) -> Result<Arc<Loaded>> {
+        let key = (name.to_owned(), version);
+        if let Some(l) = self.inner.loaded.lock().unwrap().get(&key) {
+            return Ok(l.clone());
+        }
+        let runtime = self.inner.runtime.clone();
+        let path = self.artifact_path(name, version);
+        let env: Vec<(String, String)> = settings.env.clone().into_iter().collect();
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(&path, env))
+            .await
+            .map_err(|e| Error::Runtime(e.to_string()))?
+            .map_err(|e| Error::Runtime(e.to_string()))?;
+        let loaded = Arc::new(loaded);
+        self.inner
+            .loaded
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_insert(loaded.clone());
+        Ok(loaded)
+    }
+
+    fn permits(&self, name: &str, version: u32, concurrency: u32) -> Arc<Semaphore> {
+        self.inner
+            .version_permits
+            .lock()
+            .unwrap()
+            .entry((name.to_owned(), version))
+            .or_insert_with(|| Arc::new(Semaphore::new(concurrency as usize)))
+            .clone()
+    }
+
+    /// Runs `target` of `name` on `events` (CloudEvents as stored) and commits
+    /// its effects, together with `commit`'s ack and nacks if given: the input
+    /// receipts of the events that succeeded are acked, those of failed events
+    /// nacked with the function's reason.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        target: &Target,
+        events: &[Map<String, Value>],
+        input: Option<Input>,
+    ) -> Result<InvocationResult> {
+        if events.is_empty() || events.len() > EVENTS_MAX {
+            return Err(Error::InvalidInvocation(format!(
+                "an invocation takes 1..={EVENTS_MAX} events, not {}",
+                events.len()
+            )));
+        }
+        let version = self.resolve(name, target)?;
+        let vmeta = self.version_meta(name, version)?;
+        let loaded = self.loaded(name, version, &vmeta.settings).await?;
+        let permits = self.permits(name, version, vmeta.settings.concurrency);
+        let _version_permit = permits.acquire_owned().await.expect("never closed");
+        let _instance_permit = self
+            .inner
+            .instance_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let guest_events: Vec<_> = events.iter().map(convert::to_guest).collect();
+        let host = Arc::new(host::BrokerHost::new(self.inner.broker.clone(), name));
+        let limits = Limits {
+            memory: vmeta.settings.memory.0,
+            timeout: vmeta.settings.timeout.to_std(),
+        };
+        let runtime = self.inner.runtime.clone();
+        let inv = tokio::task::spawn_blocking(move || {
+            runtime.invoke(&loaded, &guest_events, host, &limits)
+        })
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+        let id = format!("{:032x}", self.inner.rng.lock().unwrap().random::<u128>());
+        let mut result = InvocationResult {
+            id,
+            version,
+            outcome: inv.outcome,
+            commit_error: None,
+            effects: Effects::default(),
+            logs: inv.logs,
+            cold: inv.cold,
+            instantiate: inv.instantiate,
+            duration: inv.duration,
+            fuel: inv.fuel,
+        };
+        let failed: Vec<FailedEvent> = match &result.outcome {
+            Outcome::Failed(_) => return Ok(result),
+            Outcome::Success => Vec::new(),
+            Outcome::PartialFailure(f) => f.clone(),
+        };
+        match self
+            .commit(name, events, &inv.effects, &failed, input)
+            .await
+        {
+            Ok(()) => result.effects = inv.effects,
+            Err(Error::Broker(e)) if is_retryable_commit(&e) => {
+                result.commit_error = Some(format!("effects not committed: {e}"));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(result)
+    }
+
+    async fn commit(
+        &self,
+        name: &str,
+        events: &[Map<String, Value>],
+        effects: &Effects,
+        failed: &[FailedEvent],
+        input: Option<Input>,
+    ) -> Result<()> {
+        let mut commit = Commit {
+            kv_scope: name.to_owned(),
+            ..Commit::default()
+        };
+        for p in &effects.published {
+            let event = convert::from_guest(name, &p.event).map_err(Error::InvalidInvocation)?;
+            commit.publish.push((p.topic.clone(), event));
+        }
+        for s in &effects.sent {
+            commit.send.push((
+                s.queue.clone(),
+                convert::to_message(s).map_err(Error::InvalidInvocation)?,
+            ));
+        }
+        commit.writes = effects.writes.clone();
+        commit.expected = effects.expected.clone();
+        if let Some(input) = input {
+            for (event, receipt) in events.iter().zip(input.receipts) {
+                let id = event.get("id").and_then(Value::as_str).unwrap_or_default();
+                match failed.iter().find(|f| f.id == id) {
+                    Some(f) => commit.nack.push((receipt, f.reason.clone())),
+                    None => commit.ack.push(receipt),
+                }
+            }
+            commit.input_queue = Some(input.queue);
+        }
+        self.inner.broker.commit(commit).await?;
+        Ok(())
+    }
+
+    /// The runtime, for benchmarks and introspection.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+}
+
+/// Where an invocation's events came from, so their ack commits with its effects.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The queue (or subscription queue) holding the leases.
+    pub queue: String,
+    /// One receipt per event, in the same order.
+    pub receipts: Vec<String>,
+}
+
+/// Commit failures that mean "run it again", not "the server is broken".
+fn is_retryable_commit(e: &BrokerError) -> bool {
+    !matches!(
+        e,
+        BrokerError::Store(_) | BrokerError::Corrupt(_) | BrokerError::ShuttingDown
+    )
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+/// Writes `bytes` to `path` so that it is complete and on disk before its
+/// name exists: a temporary file, fsync, rename, fsync of the folder.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().expect("artifact paths have a folder");
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// How a whole-invocation failure reads in a dead-letter reason.
+pub fn failure_reason(f: &Failure) -> String {
+    f.to_string()
+}
