@@ -46,6 +46,13 @@ pub mod code {
     pub const POSITION_OUT_OF_RANGE: &str = "position_out_of_range";
     pub const TARGET_QUEUE_NOT_FOUND: &str = "target_queue_not_found";
     pub const NOT_PULL: &str = "subscription_not_pull";
+    pub const KV_CONFLICT: &str = "kv_conflict";
+    pub const FUNCTION_NOT_FOUND: &str = "function_not_found";
+    pub const VERSION_NOT_FOUND: &str = "version_not_found";
+    pub const ALIAS_NOT_FOUND: &str = "alias_not_found";
+    pub const VERSION_IN_USE: &str = "version_in_use";
+    pub const INVALID_COMPONENT: &str = "invalid_component";
+    pub const FUNCTION_RUNTIME_FAILED: &str = "function_runtime_failed";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -87,6 +94,13 @@ pub mod code {
         POSITION_OUT_OF_RANGE,
         TARGET_QUEUE_NOT_FOUND,
         NOT_PULL,
+        KV_CONFLICT,
+        FUNCTION_NOT_FOUND,
+        VERSION_NOT_FOUND,
+        ALIAS_NOT_FOUND,
+        VERSION_IN_USE,
+        INVALID_COMPONENT,
+        FUNCTION_RUNTIME_FAILED,
     ];
 }
 
@@ -164,6 +178,7 @@ impl From<BrokerError> for ApiError {
             PositionOutOfRange(_) => (StatusCode::BAD_REQUEST, code::POSITION_OUT_OF_RANGE),
             TargetQueueNotFound(_) => (StatusCode::BAD_REQUEST, code::TARGET_QUEUE_NOT_FOUND),
             NotPull { .. } => (StatusCode::CONFLICT, code::NOT_PULL),
+            KvConflict(_) => (StatusCode::CONFLICT, code::KV_CONFLICT),
         };
         let mut err = ApiError::new(status, code, detail);
         match e {

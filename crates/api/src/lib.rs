@@ -5,6 +5,7 @@
 //! request gets a problem+json answer with a stable code instead of a framework default.
 
 mod error;
+mod functions;
 mod queues;
 mod stream;
 mod topics;
@@ -18,9 +19,10 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use sluice_broker::Broker;
+use sluice_functions::Functions;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +60,7 @@ pub struct AppState {
 
 struct Inner {
     broker: Broker,
+    functions: Functions,
     options: Options,
     long_polls: Arc<Semaphore>,
     /// Cancelled at shutdown: long polls answer at once with what they have.
@@ -66,10 +69,16 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(broker: Broker, options: Options, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        broker: Broker,
+        functions: Functions,
+        options: Options,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 broker,
+                functions,
                 long_polls: Arc::new(Semaphore::new(options.long_polls_max)),
                 options,
                 shutdown,
@@ -85,6 +94,10 @@ impl AppState {
 
     fn broker(&self) -> &Broker {
         &self.inner.broker
+    }
+
+    fn functions(&self) -> &Functions {
+        &self.inner.functions
     }
 }
 
@@ -148,6 +161,22 @@ pub fn router(state: AppState) -> Router {
             "/topics/{topic}/subscriptions/{sub}/stream",
             get(stream::subscription_stream),
         )
+        .route("/functions", get(functions::list))
+        .route(
+            "/functions/{name}",
+            get(functions::get).delete(functions::delete),
+        )
+        .route("/functions/{name}/versions", post(functions::deploy))
+        .route(
+            "/functions/{name}/versions/{version}",
+            get(functions::get_version).delete(functions::delete_version),
+        )
+        .route(
+            "/functions/{name}/aliases/{alias}",
+            put(functions::put_alias).delete(functions::delete_alias),
+        )
+        .route("/functions/{name}/rollback", post(functions::rollback))
+        .route("/functions/{name}/invoke", post(functions::invoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))

@@ -203,7 +203,7 @@ fn base64(data: &[u8]) -> String {
 }
 
 /// Decodes `%XX` escapes of a binary-mode header value (CloudEvents HTTP binding 3.1.3.2).
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -725,6 +725,11 @@ impl Broker {
         Ok(())
     }
 
+    /// Now, by the broker's clock, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.now()
+    }
+
     /// Wakes every long poll (used at shutdown, together with cancelling their token).
     pub fn wake_all(&self) {
         for n in self.lock().all_notifies() {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod function;
 mod queue;
 mod topic;
 
@@ -36,6 +37,9 @@ enum Command {
     Topic(Box<topic::TopicArgs>),
     /// Manage subscriptions of topics: filters, seek, receive and ack.
     Sub(Box<topic::SubArgs>),
+    /// Deploy, version, alias, invoke and delete functions (WebAssembly components).
+    #[command(name = "fn")]
+    Fn(Box<function::FnArgs>),
     /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Command::Queue(args) => runtime.block_on(queue::run(*args)),
         Command::Topic(args) => runtime.block_on(topic::run_topic(*args)),
         Command::Sub(args) => runtime.block_on(topic::run_sub(*args)),
+        Command::Fn(args) => runtime.block_on(function::run(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use sluice_api::Options as ApiOptions;
 use sluice_broker::Broker;
+use sluice_functions::Functions;
 pub use sluice_store::Durability;
 use sluice_store::Store;
 use sluice_types::{SharedClock, SystemClock};
@@ -38,6 +39,8 @@ pub struct Config {
     pub broker: sluice_broker::Options,
     /// Store settings other than durability.
     pub store: sluice_store::Options,
+    /// Function runtime settings.
+    pub runtime: sluice_functions::RuntimeConfig,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             api: sluice_api::Options::default(),
             broker: sluice_broker::Options::default(),
             store: sluice_store::Options::default(),
+            runtime: sluice_functions::RuntimeConfig::default(),
         }
     }
 }
@@ -79,6 +83,8 @@ pub enum Error {
     Store(#[from] sluice_store::Error),
     #[error(transparent)]
     Broker(#[from] sluice_broker::Error),
+    #[error(transparent)]
+    Functions(#[from] sluice_functions::Error),
     #[error("serving: {0}")]
     Serve(std::io::Error),
 }
@@ -89,6 +95,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     store: Store,
     broker: Broker,
+    functions: Functions,
 }
 
 impl Server {
@@ -115,7 +122,14 @@ impl Server {
             ..config.store.clone()
         };
         let store = Store::open(&config.data_dir, store_options)?;
-        let broker = Broker::open(store.clone(), clock, &config.broker)?;
+        let broker = Broker::open(store.clone(), clock.clone(), &config.broker)?;
+        let functions = Functions::open(
+            broker.clone(),
+            store.clone(),
+            &config.data_dir.join("artifacts"),
+            clock,
+            config.runtime.clone(),
+        )?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -127,6 +141,7 @@ impl Server {
             listener,
             store,
             broker,
+            functions,
         })
     }
 
@@ -145,6 +160,7 @@ impl Server {
             listener,
             store,
             broker,
+            functions,
         } = self;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -160,7 +176,8 @@ impl Server {
             ..api_mut
         };
         let long_polls = cancel.child_token();
-        let state = sluice_api::AppState::new(broker.clone(), api_options, long_polls.clone());
+        let state =
+            sluice_api::AppState::new(broker.clone(), functions, api_options, long_polls.clone());
         let app = sluice_api::router(state.clone());
         let listener = listener::Limited::new(listener, config.connections_max);
 
