@@ -53,6 +53,8 @@ pub mod code {
     pub const VERSION_IN_USE: &str = "version_in_use";
     pub const INVALID_COMPONENT: &str = "invalid_component";
     pub const FUNCTION_RUNTIME_FAILED: &str = "function_runtime_failed";
+    pub const TRIGGER_NOT_FOUND: &str = "trigger_not_found";
+    pub const FUNCTION_IN_USE: &str = "function_in_use";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -101,6 +103,8 @@ pub mod code {
         VERSION_IN_USE,
         INVALID_COMPONENT,
         FUNCTION_RUNTIME_FAILED,
+        TRIGGER_NOT_FOUND,
+        FUNCTION_IN_USE,
     ];
 }
 

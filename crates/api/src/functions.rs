@@ -10,8 +10,8 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_functions::{
-    Error as FnError, FunctionInfo, FunctionMeta, InvocationResult, Target, VersionMeta,
-    VersionSettings,
+    Error as FnError, FunctionInfo, FunctionMeta, InvocationResult, Target, TriggerConfig,
+    TriggerInfo, VersionMeta, VersionSettings,
 };
 use sluice_runtime::Outcome;
 use sluice_types::{ByteSize, HumanDuration};
@@ -32,6 +32,8 @@ impl From<FnError> for ApiError {
             FnError::VersionNotFound { .. } => (StatusCode::NOT_FOUND, code::VERSION_NOT_FOUND),
             FnError::AliasNotFound { .. } => (StatusCode::NOT_FOUND, code::ALIAS_NOT_FOUND),
             FnError::VersionInUse { .. } => (StatusCode::CONFLICT, code::VERSION_IN_USE),
+            FnError::TriggerNotFound(_) => (StatusCode::NOT_FOUND, code::TRIGGER_NOT_FOUND),
+            FnError::FunctionInUse { .. } => (StatusCode::CONFLICT, code::FUNCTION_IN_USE),
             FnError::InvalidSettings(_) => (StatusCode::BAD_REQUEST, code::INVALID_CONFIG),
             FnError::InvalidInvocation(_) => (StatusCode::BAD_REQUEST, code::INVALID_REQUEST),
             FnError::Deploy(_) => (StatusCode::BAD_REQUEST, code::INVALID_COMPONENT),
@@ -387,4 +389,104 @@ fn invoke_event_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("invoke-{t:x}-{pid:x}-{n}")
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q
+        .limit
+        .unwrap_or(100)
+        .clamp(1, sluice_functions::logs::READ_MAX);
+    let records = state.functions().logs(&name, q.after, limit)?;
+    let next = records.last().map_or(q.after, |r| r.seq);
+    Ok(ok(json!({ "records": records, "next": next })))
+}
+
+// ---- triggers ----
+
+fn trigger_json(t: &TriggerInfo) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &t.stats;
+    json!({
+        "name": t.name,
+        "config": t.config,
+        "stats": {
+            "invocations": s.invocations.load(Relaxed),
+            "events": s.events.load(Relaxed),
+            "errors": s.errors.load(Relaxed),
+            "partial_failures": s.partial_failures.load(Relaxed),
+            "in_flight": s.in_flight.load(Relaxed),
+            "max_in_flight": s.max_in_flight.load(Relaxed),
+            "throttled_concurrency": s.throttled_concurrency.load(Relaxed),
+            "throttled_rate": s.throttled_rate.load(Relaxed),
+            "last_error": *s.last_error.lock().unwrap(),
+        }
+    })
+}
+
+pub(crate) async fn put_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = resource_name("trigger", &name)?;
+    let config: TriggerConfig = read_json(&state, body).await?;
+    let created = state.triggers().put(&name, config).await?;
+    let t = state.triggers().get(name.as_str())?;
+    Ok(json_response(
+        crate::put_status(created),
+        trigger_json(&t).to_string(),
+    ))
+}
+
+pub(crate) async fn get_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(ok(trigger_json(&state.triggers().get(&name)?)))
+}
+
+pub(crate) async fn list_triggers(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let all: Vec<Value> = state.triggers().list().iter().map(trigger_json).collect();
+    Ok(ok(json!({ "triggers": all })))
+}
+
+pub(crate) async fn delete_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state.triggers().delete(&name).await?;
+    Ok(Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Body::empty())
+        .expect("static response"))
+}
+
+pub(crate) async fn pause_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(ok(trigger_json(
+        &state.triggers().set_paused(&name, true).await?,
+    )))
+}
+
+pub(crate) async fn resume_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(ok(trigger_json(
+        &state.triggers().set_paused(&name, false).await?,
+    )))
 }

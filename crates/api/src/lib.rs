@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use sluice_broker::Broker;
-use sluice_functions::Functions;
+use sluice_functions::{Functions, Triggers};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,7 @@ pub struct AppState {
 struct Inner {
     broker: Broker,
     functions: Functions,
+    triggers: Triggers,
     options: Options,
     long_polls: Arc<Semaphore>,
     /// Cancelled at shutdown: long polls answer at once with what they have.
@@ -72,6 +73,7 @@ impl AppState {
     pub fn new(
         broker: Broker,
         functions: Functions,
+        triggers: Triggers,
         options: Options,
         shutdown: CancellationToken,
     ) -> Self {
@@ -79,6 +81,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 broker,
                 functions,
+                triggers,
                 long_polls: Arc::new(Semaphore::new(options.long_polls_max)),
                 options,
                 shutdown,
@@ -98,6 +101,10 @@ impl AppState {
 
     fn functions(&self) -> &Functions {
         &self.inner.functions
+    }
+
+    fn triggers(&self) -> &Triggers {
+        &self.inner.triggers
     }
 }
 
@@ -177,6 +184,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/functions/{name}/rollback", post(functions::rollback))
         .route("/functions/{name}/invoke", post(functions::invoke))
+        .route("/functions/{name}/logs", get(functions::logs))
+        .route("/triggers", get(functions::list_triggers))
+        .route(
+            "/triggers/{name}",
+            get(functions::get_trigger)
+                .put(functions::put_trigger)
+                .delete(functions::delete_trigger),
+        )
+        .route("/triggers/{name}/pause", post(functions::pause_trigger))
+        .route("/triggers/{name}/resume", post(functions::resume_trigger))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))

@@ -58,6 +58,16 @@ enum FnCommand {
         #[arg(long)]
         to: Option<u32>,
     },
+    /// Print the records of recent invocations with their log lines.
+    Logs {
+        name: String,
+        /// Keep printing new invocations as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the latest records to print first.
+        #[arg(long, default_value_t = 20)]
+        last: u64,
+    },
     /// Invoke a function synchronously and print its outcome and logs.
     Invoke {
         name: String,
@@ -227,6 +237,33 @@ pub async fn run(args: FnArgs) -> anyhow::Result<()> {
                 &format!("{name}: {alias} → version {}", v["aliases"][&alias]),
             );
         }
+        FnCommand::Logs { name, follow, last } => {
+            let base = format!("/v1/functions/{}/logs", encode(&name));
+            // Find where the latest `last` records start.
+            let mut after = 0u64;
+            loop {
+                let path = format!("{base}?after={after}&limit=1000");
+                let v = client.call(Method::GET, &path, None).await?;
+                let next = v["next"].as_u64().unwrap_or(after);
+                if next == after {
+                    break;
+                }
+                after = next;
+            }
+            after = after.saturating_sub(last);
+            loop {
+                let path = format!("{base}?after={after}&limit=1000");
+                let v = client.call(Method::GET, &path, None).await?;
+                for r in v["records"].as_array().into_iter().flatten() {
+                    print_record(json_out, r);
+                }
+                after = v["next"].as_u64().unwrap_or(after);
+                if !follow {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
         FnCommand::Invoke {
             name,
             data,
@@ -287,4 +324,50 @@ pub async fn run(args: FnArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_record(json_out: bool, r: &Value) {
+    if json_out {
+        println!("{r}");
+        return;
+    }
+    let when = r["started_ms"]
+        .as_u64()
+        .map(sluice_types::format_rfc3339_ms)
+        .unwrap_or_default();
+    println!(
+        "{when} #{} {} v{} {}{} attempt {} events {} {} µs{}",
+        r["seq"],
+        r["invocation_id"].as_str().unwrap_or(""),
+        r["version"],
+        r["outcome"].as_str().unwrap_or(""),
+        r["trigger"]
+            .as_str()
+            .map(|t| format!(" trigger {t}"))
+            .unwrap_or_default(),
+        r["attempt"],
+        r["events"],
+        r["duration_us"],
+        if r["cold"] == json!(true) {
+            " cold"
+        } else {
+            ""
+        },
+    );
+    if let Some(e) = r["error"].as_str() {
+        println!("  error: {e}");
+    }
+    for l in r["lines"].as_array().into_iter().flatten() {
+        println!(
+            "  [{:>5} ms] {:<5} {}{}",
+            l["at_ms"],
+            l["level"].as_str().unwrap_or(""),
+            l["context"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(|c| format!("{c}: "))
+                .unwrap_or_default(),
+            l["message"].as_str().unwrap_or("")
+        );
+    }
 }

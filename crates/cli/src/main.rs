@@ -6,6 +6,7 @@ mod client;
 mod function;
 mod queue;
 mod topic;
+mod trigger;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ enum Command {
     /// Deploy, version, alias, invoke and delete functions (WebAssembly components).
     #[command(name = "fn")]
     Fn(Box<function::FnArgs>),
+    /// Connect queues and subscriptions to functions: batching, concurrency, rate limits.
+    Trigger(Box<trigger::TriggerArgs>),
     /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -98,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         Command::Topic(args) => runtime.block_on(topic::run_topic(*args)),
         Command::Sub(args) => runtime.block_on(topic::run_sub(*args)),
         Command::Fn(args) => runtime.block_on(function::run(*args)),
+        Command::Trigger(args) => runtime.block_on(trigger::run(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }

@@ -8,7 +8,9 @@
 
 pub mod convert;
 mod host;
+pub mod logs;
 pub mod registry;
+pub mod triggers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ use tokio::sync::Semaphore;
 
 pub use registry::{FunctionMeta, LIVE, VersionMeta, VersionSettings};
 pub use sluice_runtime::{FailedEvent, RuntimeConfig};
+pub use triggers::{Source, TriggerConfig, TriggerInfo, TriggerStats, Triggers};
 
 /// Most events in one invocation.
 pub const EVENTS_MAX: usize = 1_000;
@@ -51,6 +54,10 @@ pub enum Error {
         version: u32,
         alias: String,
     },
+    #[error("trigger {0:?} does not exist")]
+    TriggerNotFound(String),
+    #[error("function {name:?} is invoked by triggers {triggers:?}; delete them first")]
+    FunctionInUse { name: String, triggers: Vec<String> },
     #[error("{0}")]
     InvalidSettings(String),
     #[error("{0}")]
@@ -145,6 +152,7 @@ struct Inner {
     instance_permits: Arc<Semaphore>,
     compiles: Semaphore,
     rng: Mutex<StdRng>,
+    logs: logs::Logs,
 }
 
 impl Functions {
@@ -166,6 +174,7 @@ impl Functions {
                 serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))?;
             functions.insert(meta.name.clone(), meta);
         }
+        let logs = logs::Logs::open(store.clone())?;
         let inner = Inner {
             broker,
             store,
@@ -180,6 +189,7 @@ impl Functions {
             instance_permits: Arc::new(Semaphore::new(config.max_instances as usize)),
             compiles: Semaphore::new(COMPILES_MAX),
             rng: Mutex::new(StdRng::from_os_rng()),
+            logs,
         };
         let this = Self {
             inner: Arc::new(inner),
@@ -220,7 +230,7 @@ impl Functions {
         Ok(())
     }
 
-    fn meta(&self, name: &str) -> Result<FunctionMeta> {
+    pub(crate) fn meta(&self, name: &str) -> Result<FunctionMeta> {
         self.inner
             .functions
             .lock()
@@ -230,7 +240,7 @@ impl Functions {
             .ok_or_else(|| Error::FunctionNotFound(name.to_owned()))
     }
 
-    fn version_meta(&self, name: &str, version: u32) -> Result<VersionMeta> {
+    pub(crate) fn version_meta(&self, name: &str, version: u32) -> Result<VersionMeta> {
         let v = self
             .inner
             .ks
@@ -459,6 +469,7 @@ impl Functions {
         self.inner.functions.lock().unwrap().remove(name);
         self.forget(name, None);
         self.inner.broker.kv_drop(name).await?;
+        self.inner.logs.drop_function(name)?;
         let dir = self.inner.dir.join(name);
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
@@ -546,6 +557,7 @@ impl Functions {
                 events.len()
             )));
         }
+        let started_ms = self.inner.clock.now_ms();
         let version = self.resolve(name, target)?;
         let vmeta = self.version_meta(name, version)?;
         let loaded = self.loaded(name, version, &vmeta.settings).await?;
@@ -583,21 +595,25 @@ impl Functions {
             duration: inv.duration,
             fuel: inv.fuel,
         };
+        let trigger = input.as_ref().and_then(|i| i.trigger.clone());
+        let attempt = input.as_ref().map_or(1, |i| i.attempt);
         let failed: Vec<FailedEvent> = match &result.outcome {
-            Outcome::Failed(_) => return Ok(result),
-            Outcome::Success => Vec::new(),
             Outcome::PartialFailure(f) => f.clone(),
+            _ => Vec::new(),
         };
-        match self
-            .commit(name, events, &inv.effects, &failed, input)
-            .await
-        {
-            Ok(()) => result.effects = inv.effects,
-            Err(Error::Broker(e)) if is_retryable_commit(&e) => {
-                result.commit_error = Some(format!("effects not committed: {e}"));
+        if !matches!(result.outcome, Outcome::Failed(_)) {
+            match self
+                .commit(name, events, &inv.effects, &failed, input)
+                .await
+            {
+                Ok(()) => result.effects = inv.effects,
+                Err(Error::Broker(e)) if is_retryable_commit(&e) => {
+                    result.commit_error = Some(format!("effects not committed: {e}"));
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
+        self.record(name, &result, trigger, attempt, events.len(), started_ms);
         Ok(result)
     }
 
@@ -639,6 +655,55 @@ impl Functions {
         Ok(())
     }
 
+    fn record(
+        &self,
+        name: &str,
+        r: &InvocationResult,
+        trigger: Option<String>,
+        attempt: u32,
+        events: usize,
+        started_ms: u64,
+    ) {
+        let outcome = match (&r.outcome, &r.commit_error) {
+            (Outcome::Failed(_), _) | (_, Some(_)) => "failed",
+            (Outcome::Success, None) => "success",
+            (Outcome::PartialFailure(_), None) => "partial_failure",
+        };
+        let record = logs::Record {
+            seq: 0,
+            invocation_id: r.id.clone(),
+            version: r.version,
+            trigger,
+            attempt,
+            events,
+            started_ms,
+            duration_us: r.duration.as_micros() as u64,
+            instantiate_us: r.instantiate.as_micros() as u64,
+            cold: r.cold,
+            outcome: outcome.to_owned(),
+            error: r.failed(),
+            lines: r
+                .logs
+                .iter()
+                .map(|l| logs::Line {
+                    at_ms: l.at_ms,
+                    level: l.level.as_str().to_owned(),
+                    context: l.context.clone(),
+                    message: l.message.clone(),
+                })
+                .collect(),
+        };
+        if let Err(e) = self.inner.logs.append(name, record) {
+            tracing::warn!(function = name, error = %e, "keeping an invocation record failed");
+        }
+    }
+
+    /// Invocation records of `name` after `after`, at most `limit`.
+    pub fn logs(&self, name: &str, after: u64, limit: usize) -> Result<Vec<logs::Record>> {
+        self.meta(name)?;
+        self.inner.logs.read(name, after, limit)
+    }
+
     /// The runtime, for benchmarks and introspection.
     pub fn runtime(&self) -> &Runtime {
         &self.inner.runtime
@@ -652,6 +717,10 @@ pub struct Input {
     pub queue: String,
     /// One receipt per event, in the same order.
     pub receipts: Vec<String>,
+    /// The trigger that leased them, if any.
+    pub trigger: Option<String>,
+    /// The highest delivery attempt among the events.
+    pub attempt: u32,
 }
 
 /// Commit failures that mean "run it again", not "the server is broken".

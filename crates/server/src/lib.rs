@@ -170,14 +170,24 @@ impl Server {
                 .run(config.broker.clone(), cancel.child_token()),
         );
 
+        let triggers = sluice_functions::Triggers::start(
+            functions.clone(),
+            broker.clone(),
+            cancel.child_token(),
+        )?;
         let api_mut = config.api.clone();
         let api_options = sluice_api::Options {
             auth_token: config.auth_token.clone(),
             ..api_mut
         };
         let long_polls = cancel.child_token();
-        let state =
-            sluice_api::AppState::new(broker.clone(), functions, api_options, long_polls.clone());
+        let state = sluice_api::AppState::new(
+            broker.clone(),
+            functions,
+            triggers,
+            api_options,
+            long_polls.clone(),
+        );
         let app = sluice_api::router(state.clone());
         let listener = listener::Limited::new(listener, config.connections_max);
 
