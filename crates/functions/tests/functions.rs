@@ -207,6 +207,8 @@ async fn effects_commit_with_the_ack_of_the_input() {
     let input = Input {
         queue: "in".into(),
         receipts: vec![got[0].receipt.clone()],
+        trigger: None,
+        attempt: 1,
     };
     let r = f
         .functions
@@ -287,6 +289,8 @@ async fn a_stale_input_or_a_missing_target_commits_nothing() {
     let input = Input {
         queue: "in".into(),
         receipts: vec!["bogus".into()],
+        trigger: None,
+        attempt: 1,
     };
     let r = f
         .functions
@@ -349,6 +353,8 @@ async fn a_partial_failure_acks_the_rest_and_nacks_the_failed_event() {
     let input = Input {
         queue: "in".into(),
         receipts: got.iter().map(|d| d.receipt.clone()).collect(),
+        trigger: None,
+        attempt: 1,
     };
     let r = f
         .functions
