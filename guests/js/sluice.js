@@ -38,7 +38,8 @@ function __sluiceCall(f) {
 }
 
 function __sluiceBytes(value) {
-  if (value instanceof Uint8Array) return value;
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
   if (typeof value === "string") return __sluiceEncoder.encode(value);
   return __sluiceEncoder.encode(JSON.stringify(value));
 }

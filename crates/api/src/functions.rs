@@ -100,6 +100,10 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    let triggers = state.triggers().of_function(&name);
+    if !triggers.is_empty() {
+        return Err(FnError::FunctionInUse { name, triggers }.into());
+    }
     state.functions().delete(&name).await?;
     Ok(Response::builder()
         .status(StatusCode::NO_CONTENT)
@@ -489,4 +493,45 @@ pub(crate) async fn resume_trigger(
     Ok(ok(trigger_json(
         &state.triggers().set_paused(&name, false).await?,
     )))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StateQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Keys of a function's state, for inspection.
+pub(crate) async fn state_keys(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<StateQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
+    let keys = state
+        .functions()
+        .state_keys(&name, &q.prefix, q.after.as_deref(), limit)?;
+    Ok(ok(json!({ "keys": keys })))
+}
+
+/// One value of a function's state, as its raw bytes.
+pub(crate) async fn state_get(
+    State(state): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    match state.functions().state_get(&name, &key)? {
+        Some(v) => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from(v))
+            .expect("static response")),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            code::KEY_NOT_FOUND,
+            format!("function {name:?} has no state key {key:?}"),
+        )),
+    }
 }

@@ -185,6 +185,8 @@ pub fn router(state: AppState) -> Router {
         .route("/functions/{name}/rollback", post(functions::rollback))
         .route("/functions/{name}/invoke", post(functions::invoke))
         .route("/functions/{name}/logs", get(functions::logs))
+        .route("/functions/{name}/state", get(functions::state_keys))
+        .route("/functions/{name}/state/{key}", get(functions::state_get))
         .route("/triggers", get(functions::list_triggers))
         .route(
             "/triggers/{name}",

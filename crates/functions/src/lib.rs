@@ -698,6 +698,24 @@ impl Functions {
         }
     }
 
+    /// The committed value of `key` in the state of function `name`.
+    pub fn state_get(&self, name: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.meta(name)?;
+        Ok(self.inner.broker.kv_get(name, key)?)
+    }
+
+    /// Keys of the state of `name` starting with `prefix`, after `after`, at most `limit`.
+    pub fn state_keys(
+        &self,
+        name: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.meta(name)?;
+        Ok(self.inner.broker.kv_list(name, prefix, after, limit)?)
+    }
+
     /// Invocation records of `name` after `after`, at most `limit`.
     pub fn logs(&self, name: &str, after: u64, limit: usize) -> Result<Vec<logs::Record>> {
         self.meta(name)?;

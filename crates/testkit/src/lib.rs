@@ -2,6 +2,10 @@
 //! JSON client for its API, and the means to kill it (SIGKILL) and restart it on the same
 //! data, as a crash would.
 
+mod guests;
+
+pub use guests::{build_guest, workspace};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

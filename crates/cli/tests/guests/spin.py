@@ -1,0 +1,6 @@
+"""Never returns: for the timeout test."""
+
+
+def handle(events):
+    while True:
+        pass
