@@ -431,7 +431,8 @@ async fn bad_deploys_are_refused_with_what_is_wrong() {
         wat::parse_str("(component (import \"acme:other/api@1.0.0\" (instance)))").unwrap();
     let core = wat::parse_str("(module)").unwrap();
     // (body, query, content type, status, code, words in the detail)
-    let cases: Vec<(Vec<u8>, &str, &str, u16, &str, &str)> = vec![
+    type Case<'a> = (Vec<u8>, &'a str, &'a str, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             b"not wasm at all".to_vec(),
             "",
