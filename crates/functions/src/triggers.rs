@@ -403,6 +403,9 @@ struct Runner {
     paused: watch::Receiver<bool>,
 }
 
+/// Added to the function's timeout to make a trigger's lease.
+const LEASE_MARGIN_MS: u64 = 5_000;
+
 /// How long a receive waits for the first event.
 const POLL: HumanDuration = HumanDuration::from_millis(1_000);
 
@@ -508,7 +511,9 @@ impl Runner {
         Ok(got)
     }
 
-    /// The lease on a batch: the function's timeout and a margin for the commit.
+    /// The lease on a batch: the function's timeout and a margin for waiting
+    /// on a concurrency permit and the commit. After a crash, a batch that was
+    /// leased is delivered again when this runs out.
     fn lease_timeout(&self) -> HumanDuration {
         let timeout = self
             .functions
@@ -519,7 +524,7 @@ impl Runner {
             .and_then(|v| self.functions.version_meta(&self.config.function, v))
             .map(|v| v.settings.timeout)
             .unwrap_or(HumanDuration::from_millis(30_000));
-        let ms = (timeout.as_millis() + 30_000).clamp(1_000, 12 * 3600 * 1000);
+        let ms = (timeout.as_millis() + LEASE_MARGIN_MS).clamp(1_000, 12 * 3600 * 1000);
         HumanDuration::from_millis(ms)
     }
 

@@ -8,5 +8,6 @@ def handle(events):
         n = e.data["i"]
         kv.set(f"done:{n}", "1")
         current = kv.get("count")
-        kv.compare_and_set("count", current, str(int(current or b"0") + 1))
+        if not kv.compare_and_set("count", current, str(int(current or b"0") + 1)):
+            raise RuntimeError("count changed concurrently; run again")
         publish("out", "counted", {"i": n}, subject=str(n))
