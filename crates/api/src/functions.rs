@@ -51,7 +51,13 @@ impl From<FnError> for ApiError {
         if status.is_server_error() {
             tracing::error!(code, %detail, "function request failed");
         }
-        ApiError::new(status, code, detail)
+        let err = ApiError::new(status, code, detail);
+        match e {
+            FnError::FunctionInUse { triggers, .. } => {
+                err.with_extra(json!({ "triggers": triggers }))
+            }
+            _ => err,
+        }
     }
 }
 

@@ -677,3 +677,83 @@ async fn bad_deploys_are_refused_with_what_is_wrong() {
     let (status, _) = s.call("GET", "/readyz", None).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
+    let mut s = server();
+    let (status, v) = s
+        .call_with(
+            "POST",
+            "/v1/functions/ok/versions",
+            &[("content-type", "application/wasm")],
+            sluice_guests::ok(),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    ok(&s, "PUT", "/v1/topics/t", Some(json!({}))).await;
+    ok(
+        &s,
+        "PUT",
+        "/v1/topics/t/subscriptions/s",
+        Some(json!({"start": "earliest"})),
+    )
+    .await;
+    let trigger = json!({"function": "ok", "source": {"subscription": {"topic": "t", "subscription": "s"}},
+                         "rate_limit": 20.0, "paused": true});
+    ok(&s, "PUT", "/v1/triggers/rt", Some(trigger)).await;
+    let events: Vec<Value> = (0..40)
+        .map(|i| json!({"specversion": "1.0", "source": "/test", "type": "tick", "id": format!("e{i}")}))
+        .collect();
+    let (status, v) = s
+        .call_with(
+            "POST",
+            "/v1/topics/t/events",
+            &[("content-type", "application/cloudevents-batch+json")],
+            serde_json::to_vec(&events).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // Paused: nothing is leased, the events wait in the subscription.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
+    assert_eq!(t["stats"]["invocations"], 0, "{t}");
+    let sub = ok(&s, "GET", "/v1/topics/t/subscriptions/s", None).await;
+    assert_eq!(sub["backlog"], 40, "{sub}");
+    // Resumed at 20 invocations a second with a burst of 20: 40 events take about a second.
+    let resumed = Instant::now();
+    ok(&s, "POST", "/v1/triggers/rt/resume", None).await;
+    loop {
+        let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
+        if t["stats"]["invocations"] == 40 {
+            break;
+        }
+        assert!(resumed.elapsed() < Duration::from_secs(30), "{t}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = resumed.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "the rate limit held: {took:?}"
+    );
+    let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
+    assert!(t["stats"]["throttled_rate"].as_u64().unwrap() > 0, "{t}");
+    // Each event was delivered as published, and acked with the invocation.
+    let logs = ok(&s, "GET", "/v1/functions/ok/logs?limit=100", None).await;
+    assert_eq!(logs["records"].as_array().unwrap().len(), 40);
+    let mut backlog = Value::Null;
+    for _ in 0..50 {
+        let sub = ok(&s, "GET", "/v1/topics/t/subscriptions/s", None).await;
+        backlog = sub["backlog"].clone();
+        if backlog == 0 && sub["stats"]["leased"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(backlog, 0);
+    // Pausing again is durable: after a restart the trigger is still paused.
+    ok(&s, "POST", "/v1/triggers/rt/pause", None).await;
+    s.crash_and_restart();
+    let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
+    assert_eq!(t["config"]["paused"], true, "{t}");
+    assert_eq!(t["stats"]["invocations"], 0, "counts start again with the process: {t}");
+}
