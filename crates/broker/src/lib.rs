@@ -412,6 +412,7 @@ impl Broker {
     }
 
     /// Leases up to `max` messages, waiting up to `wait` for the first one to arrive.
+    /// Answers once the leases are durable.
     pub async fn receive(
         &self,
         queue: &str,
@@ -419,6 +420,36 @@ impl Broker {
         wait: HumanDuration,
         lease_timeout: Option<HumanDuration>,
         cancel: &CancellationToken,
+    ) -> Result<Vec<Delivery>> {
+        self.receive_inner(queue, max, wait, lease_timeout, cancel, true)
+            .await
+    }
+
+    /// As [`Broker::receive`], but answers as soon as the leases are written, without
+    /// waiting for them to be durable. For a caller whose every use of the deliveries ends
+    /// in a later write it awaits (an ack, a nack, a [`Commit`]): the store's journal is
+    /// in order, so that write being durable makes the lease durable too, and a crash
+    /// before it only forgets a lease nothing acted on.
+    pub async fn lease(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: HumanDuration,
+        lease_timeout: Option<HumanDuration>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Delivery>> {
+        self.receive_inner(queue, max, wait, lease_timeout, cancel, false)
+            .await
+    }
+
+    async fn receive_inner(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: HumanDuration,
+        lease_timeout: Option<HumanDuration>,
+        cancel: &CancellationToken,
+        durable: bool,
     ) -> Result<Vec<Delivery>> {
         if max == 0 || max > BATCH_MAX {
             return Err(Error::InvalidMessage(format!(
@@ -443,7 +474,9 @@ impl Broker {
             let now = self.now();
             let (deliveries, ticket) = self.lock().receive(queue, max, lease_timeout, now)?;
             if !deliveries.is_empty() {
-                self.shared.store.durable(ticket).await?;
+                if durable {
+                    self.shared.store.durable(ticket).await?;
+                }
                 return Ok(deliveries);
             }
             // A subscription stops each receive after a bounded scan of its log; while
@@ -463,7 +496,9 @@ impl Broker {
             if tokio::time::Instant::now() >= deadline {
                 let now = self.now();
                 let (deliveries, ticket) = self.lock().receive(queue, max, lease_timeout, now)?;
-                self.shared.store.durable(ticket).await?;
+                if durable {
+                    self.shared.store.durable(ticket).await?;
+                }
                 return Ok(deliveries);
             }
         }

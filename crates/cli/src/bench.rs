@@ -7,6 +7,9 @@
 //! - W3: publish N CloudEvents to a topic with 4 subscriptions and receive and ack them on
 //!   every subscription: all 4 matching every event, then each matching a quarter.
 //!
+//! - W4: a backlog of N messages in a queue drained by a trigger into a function (queue →
+//!   function → ack), at batch sizes 1 and 100; the guest is given with `--guest`.
+//!
 //! Client and server share the machine, so the client's own work (JSON, HTTP) is part of
 //! every figure; the report says so.
 
@@ -27,6 +30,7 @@ pub enum Workload {
     W1,
     W2,
     W3,
+    W4,
     All,
 }
 
@@ -61,6 +65,16 @@ pub struct BenchArgs {
     /// W3: events published per phase.
     #[arg(long, default_value_t = 50_000)]
     events: usize,
+    /// W4: the component to deploy (a trivial guest, e.g. built by
+    /// `cargo run -p sluice-guests --bin guest -- ok`).
+    #[arg(long)]
+    guest: Option<std::path::PathBuf>,
+    /// W4: messages in the backlog at batch size 100 (a tenth of it at batch size 1).
+    #[arg(long, default_value_t = 100_000)]
+    pipeline_messages: usize,
+    /// W4: the trigger's max concurrency.
+    #[arg(long, default_value_t = 4)]
+    pipeline_concurrency: u32,
     /// Repetitions of each workload; the report gives the median and the range.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -539,6 +553,68 @@ async fn w3(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W3
     })
 }
 
+/// W4 at one batch size: deploy, fill the queue, start the trigger, time the drain.
+async fn w4(
+    http: &Arc<Http>,
+    args: &BenchArgs,
+    wasm: &[u8],
+    batch: u32,
+    n: usize,
+    run: usize,
+) -> anyhow::Result<f64> {
+    let tag = format!("{}-{run}-b{batch}", std::process::id());
+    let (queue, function, trigger) = (
+        format!("bench-w4-{tag}"),
+        format!("bench-w4-{tag}"),
+        format!("bench-w4-{tag}"),
+    );
+    let mut req = http
+        .client
+        .post(format!(
+            "{}/v1/functions/{function}/versions?concurrency=1000",
+            http.base
+        ))
+        .header("content-type", "application/wasm")
+        .body(wasm.to_vec());
+    if let Some(t) = &http.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.context("deploying the W4 guest")?;
+    if !resp.status().is_success() {
+        bail!(
+            "deploying the W4 guest: HTTP {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    http.put(&format!("/v1/queues/{queue}"), json!({})).await?;
+    produce(http, &queue, n, args.batch, args.producers, args.size).await?;
+    let t = Instant::now();
+    http.put(
+        &format!("/v1/triggers/{trigger}"),
+        json!({"function": function, "source": {"queue": queue}, "batch_size": batch,
+               "max_concurrency": args.pipeline_concurrency}),
+    )
+    .await?;
+    loop {
+        let mut req = http.client.get(format!("{}/v1/queues/{queue}", http.base));
+        if let Some(tok) = &http.token {
+            req = req.bearer_auth(tok);
+        }
+        let q: Value = req.send().await?.json().await?;
+        let st = &q["stats"];
+        if st["visible"] == 0 && st["leased"] == 0 && st["delayed"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = rate(n, t.elapsed());
+    http.delete(&format!("/v1/triggers/{trigger}")).await;
+    http.delete(&format!("/v1/functions/{function}")).await;
+    http.delete(&format!("/v1/queues/{queue}")).await;
+    Ok(r)
+}
+
 /// Median, min and max of `v`.
 fn summary(v: &[f64]) -> Value {
     let mut s = v.to_vec();
@@ -665,6 +741,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "concurrent_deliveries_per_s": summary(&c),
             "quarter_filter_deliveries_per_s": summary(&q),
         });
+    }
+    if matches!(args.workload, Workload::W4) {
+        let path = args.guest.as_ref().context("W4 needs --guest FILE.wasm")?;
+        let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut out = json!({
+            "guest": path.display().to_string(),
+            "concurrency": args.pipeline_concurrency,
+        });
+        for (batch, n) in [
+            (1u32, args.pipeline_messages / 10),
+            (100, args.pipeline_messages),
+        ] {
+            let mut rates = Vec::new();
+            for run in 0..args.runs {
+                let r = w4(&http, &args, &wasm, batch, n, run).await?;
+                if human {
+                    eprintln!(
+                        "W4 run {}: batch {batch}, {n} messages, {r:.0} events/s",
+                        run + 1
+                    );
+                }
+                rates.push(r);
+            }
+            out[format!("batch_{batch}")] = json!({"messages": n, "events_per_s": summary(&rates)});
+        }
+        report["w4"] = out;
     }
     println!(
         "{}",

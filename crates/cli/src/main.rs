@@ -84,6 +84,12 @@ struct ServeArgs {
     /// Most concurrent long polls.
     #[arg(long, default_value_t = 1024)]
     max_long_polls: usize,
+    /// Function instances that may run at once, across all functions.
+    #[arg(long, env = "SLUICE_MAX_INSTANCES", default_value_t = 256)]
+    max_instances: u32,
+    /// Meter fuel (roughly, executed instructions) of every invocation, for cost.
+    #[arg(long, env = "SLUICE_FUEL")]
+    fuel: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -136,6 +142,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_size_max: args.max_body_size,
             long_polls_max: args.max_long_polls,
             auth_token: None,
+        },
+        runtime: sluice_server::RuntimeConfig {
+            max_instances: args.max_instances.clamp(1, 10_000),
+            fuel: args.fuel,
+            ..sluice_server::RuntimeConfig::default()
         },
         ..sluice_server::Config::default()
     };

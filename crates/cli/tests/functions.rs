@@ -755,5 +755,8 @@ async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
     s.crash_and_restart();
     let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
     assert_eq!(t["config"]["paused"], true, "{t}");
-    assert_eq!(t["stats"]["invocations"], 0, "counts start again with the process: {t}");
+    assert_eq!(
+        t["stats"]["invocations"], 0,
+        "counts start again with the process: {t}"
+    );
 }

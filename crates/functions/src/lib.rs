@@ -680,6 +680,7 @@ impl Functions {
             duration_us: r.duration.as_micros() as u64,
             instantiate_us: r.instantiate.as_micros() as u64,
             cold: r.cold,
+            fuel: r.fuel,
             outcome: outcome.to_owned(),
             error: r.failed(),
             lines: r

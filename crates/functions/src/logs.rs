@@ -39,6 +39,9 @@ pub struct Record {
     pub duration_us: u64,
     pub instantiate_us: u64,
     pub cold: bool,
+    /// Fuel consumed, when the server meters it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
     /// `success`, `partial_failure` or `failed`.
     pub outcome: String,
     pub error: Option<String>,

@@ -487,7 +487,7 @@ impl Runner {
         let lease = self.lease_timeout();
         let mut got = self
             .broker
-            .receive(queue, size, POLL, Some(lease), &self.stop)
+            .lease(queue, size, POLL, Some(lease), &self.stop)
             .await?;
         if got.is_empty() || got.len() >= size || self.config.batch_window == HumanDuration::ZERO {
             return Ok(got);
@@ -501,7 +501,7 @@ impl Runner {
             let wait = HumanDuration::from_millis(left.as_millis() as u64);
             let more = self
                 .broker
-                .receive(queue, size - got.len(), wait, Some(lease), &self.stop)
+                .lease(queue, size - got.len(), wait, Some(lease), &self.stop)
                 .await?;
             if more.is_empty() {
                 break;

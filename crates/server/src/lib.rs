@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use sluice_api::Options as ApiOptions;
 use sluice_broker::Broker;
 use sluice_functions::Functions;
+pub use sluice_functions::RuntimeConfig;
 pub use sluice_store::Durability;
 use sluice_store::Store;
 use sluice_types::{SharedClock, SystemClock};

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-/// Serializes builds within a test binary (the tools use all cores).
+/// Serializes builds within a test binary (the tools use all cores); a file lock does
+/// the same across test processes.
 static BUILDING: Mutex<()> = Mutex::new(());
 
 /// The workspace root.
@@ -51,6 +52,12 @@ pub fn build_guest(lang: &str, source: &str) -> PathBuf {
         return out;
     }
     std::fs::create_dir_all(out.parent().expect("a folder")).expect("target/guests");
+    // Test binaries run in parallel processes: one builds, the others wait and reuse it.
+    let lock = std::fs::File::create(out.with_extension("lock")).expect("a lock file");
+    lock.lock().expect("locking the guest build");
+    if out.exists() {
+        return out;
+    }
     let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
     let status = Command::new(root.join("scripts/build-guest"))
         .args([
