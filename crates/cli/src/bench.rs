@@ -72,8 +72,8 @@ pub struct BenchArgs {
     /// W4: messages in the backlog at batch size 100 (a tenth of it at batch size 1).
     #[arg(long, default_value_t = 100_000)]
     pipeline_messages: usize,
-    /// W4: the trigger's max concurrency.
-    #[arg(long, default_value_t = 4)]
+    /// W4: the trigger's max concurrency (invocations in flight share the store's fsyncs).
+    #[arg(long, default_value_t = 8)]
     pipeline_concurrency: u32,
     /// Repetitions of each workload; the report gives the median and the range.
     #[arg(long, default_value_t = 1)]

@@ -634,6 +634,27 @@ async fn bad_deploys_are_refused_with_what_is_wrong() {
             "function_not_found",
         ),
         (
+            "PUT",
+            "/v1/triggers/t",
+            Some(json!({"function": "f", "alias": "nope", "source": {"queue": "none"}})),
+            404,
+            "alias_not_found",
+        ),
+        (
+            "PUT",
+            "/v1/triggers/t",
+            Some(json!({"function": "f", "source": {"queue": "none"}, "batch_size": 0})),
+            400,
+            "invalid_config",
+        ),
+        (
+            "PUT",
+            "/v1/triggers/t",
+            Some(json!({"function": "f", "source": {"bucket": "x"}})),
+            400,
+            "invalid_request",
+        ),
+        (
             "GET",
             "/v1/functions/f/state/nokey",
             None,

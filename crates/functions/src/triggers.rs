@@ -260,7 +260,9 @@ impl Triggers {
     /// Creates or replaces trigger `name`. Returns whether it was created.
     pub async fn put(&self, name: &Name, config: TriggerConfig) -> Result<bool> {
         config.validate().map_err(Error::InvalidSettings)?;
-        self.inner.functions.meta(&config.function)?;
+        self.inner
+            .functions
+            .resolve(&config.function, &Target::Alias(config.alias.clone()))?;
         match &config.source {
             Source::Queue(q) => {
                 self.inner.broker.get_queue(q)?;
@@ -424,6 +426,16 @@ impl Runner {
             if *self.paused.borrow() {
                 tokio::select! {
                     _ = self.paused.changed() => continue,
+                    _ = self.stop.cancelled() => return,
+                }
+            }
+            // A function or alias deleted under a trigger: lease nothing (every lease
+            // would count as an attempt and could dead-letter events that never ran).
+            let target = Target::Alias(self.config.alias.clone());
+            if let Err(e) = self.functions.resolve(&self.config.function, &target) {
+                self.note_error(e.to_string());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     _ = self.stop.cancelled() => return,
                 }
             }

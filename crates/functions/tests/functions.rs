@@ -373,3 +373,60 @@ async fn a_partial_failure_acks_the_rest_and_nacks_the_failed_event() {
     let dl = dlq[0].dead_letter.as_ref().expect("dead-letter info");
     assert_eq!(dl.error.as_deref(), Some("poison"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_compare_and_set_key_refuses_the_whole_commit() {
+    let f = fixture();
+    f.broker
+        .put_topic(&name("t"), TopicConfig::default())
+        .await
+        .unwrap();
+    let event = json!({"specversion": "1.0", "source": "s", "type": "x"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let commit = |expected: Option<Vec<u8>>| sluice_broker::Commit {
+        kv_scope: "fx".into(),
+        publish: vec![("t".into(), event.clone())],
+        writes: [
+            ("c".to_owned(), Some(b"2".to_vec())),
+            ("other".to_owned(), Some(b"y".to_vec())),
+        ]
+        .into(),
+        expected: [("c".to_owned(), expected)].into(),
+        ..Default::default()
+    };
+    // The key was written after the invocation read it as absent: nothing commits.
+    let first = sluice_broker::Commit {
+        kv_scope: "fx".into(),
+        writes: [("c".to_owned(), Some(b"1".to_vec()))].into(),
+        ..Default::default()
+    };
+    f.broker.commit(first).await.unwrap();
+    let err = f.broker.commit(commit(None)).await.unwrap_err();
+    assert!(
+        matches!(err, sluice_broker::Error::KvConflict(ref k) if k == "c"),
+        "{err}"
+    );
+    assert_eq!(f.broker.kv_get("fx", "c").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(f.broker.kv_get("fx", "other").unwrap(), None);
+    assert!(
+        f.broker
+            .read_events("t", Start::Earliest, 10)
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    // With the value it now has, the same commit goes through whole.
+    f.broker.commit(commit(Some(b"1".to_vec()))).await.unwrap();
+    assert_eq!(f.broker.kv_get("fx", "c").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(f.broker.kv_get("fx", "other").unwrap(), Some(b"y".to_vec()));
+    assert_eq!(
+        f.broker
+            .read_events("t", Start::Earliest, 10)
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
+}
