@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sluice_broker::{Broker, Commit, Error as BrokerError};
-use sluice_runtime::{DeployError, Effects, Failure, Limits, Loaded, LogLine, Outcome, Runtime};
+use sluice_runtime::{DeployError, Effects, Limits, Loaded, LogLine, Outcome, Runtime};
 use sluice_store::{Keyspace, Store};
 use sluice_types::{Name, SharedClock};
 use tokio::sync::Semaphore;
@@ -722,11 +722,6 @@ impl Functions {
         self.meta(name)?;
         self.inner.logs.read(name, after, limit)
     }
-
-    /// The runtime, for benchmarks and introspection.
-    pub fn runtime(&self) -> &Runtime {
-        &self.inner.runtime
-    }
 }
 
 /// Where an invocation's events came from, so their ack commits with its effects.
@@ -773,9 +768,4 @@ fn remove_if_exists(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-/// How a whole-invocation failure reads in a dead-letter reason.
-pub fn failure_reason(f: &Failure) -> String {
-    f.to_string()
 }
