@@ -90,6 +90,9 @@ struct ServeArgs {
     /// Meter fuel (roughly, executed instructions) of every invocation, for cost.
     #[arg(long, env = "SLUICE_FUEL")]
     fuel: bool,
+    /// Unload a function version's compiled code after it has not run for this long.
+    #[arg(long, env = "SLUICE_UNLOAD_IDLE_AFTER", default_value = "10m")]
+    unload_idle_after: sluice_types::HumanDuration,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -148,6 +151,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             fuel: args.fuel,
             ..sluice_server::RuntimeConfig::default()
         },
+        unload_idle_after: args.unload_idle_after.to_std(),
         ..sluice_server::Config::default()
     };
     let durability = config.durability;

@@ -131,6 +131,9 @@ impl InvocationResult {
     }
 }
 
+/// A function name and version number.
+type VersionKey = (String, u32);
+
 /// Functions of one Sluice server.
 #[derive(Clone)]
 pub struct Functions {
@@ -147,7 +150,8 @@ struct Inner {
     /// Function records by name; changed only under `registry_lock`.
     functions: Mutex<HashMap<String, FunctionMeta>>,
     registry_lock: tokio::sync::Mutex<()>,
-    loaded: Mutex<HashMap<(String, u32), Arc<Loaded>>>,
+    /// Loaded versions with the time they were last invoked.
+    loaded: Mutex<HashMap<VersionKey, (Arc<Loaded>, u64)>>,
     version_permits: Mutex<HashMap<(String, u32), Arc<Semaphore>>>,
     instance_permits: Arc<Semaphore>,
     compiles: Semaphore,
@@ -510,7 +514,9 @@ impl Functions {
         settings: &VersionSettings,
     ) -> Result<Arc<Loaded>> {
         let key = (name.to_owned(), version);
-        if let Some(l) = self.inner.loaded.lock().unwrap().get(&key) {
+        let now = self.inner.clock.now_ms();
+        if let Some((l, used)) = self.inner.loaded.lock().unwrap().get_mut(&key) {
+            *used = now;
             return Ok(l.clone());
         }
         let runtime = self.inner.runtime.clone();
@@ -521,13 +527,36 @@ impl Functions {
             .map_err(|e| Error::Runtime(e.to_string()))?
             .map_err(|e| Error::Runtime(e.to_string()))?;
         let loaded = Arc::new(loaded);
-        self.inner
+        let loaded = self
+            .inner
             .loaded
             .lock()
             .unwrap()
             .entry(key)
-            .or_insert(loaded.clone());
+            .or_insert((loaded, now))
+            .0
+            .clone();
         Ok(loaded)
+    }
+
+    /// Drops loaded versions not invoked for `idle` (their compiled code and the
+    /// memory it maps); the next invocation loads the artifact again (cold).
+    /// Returns how many were unloaded.
+    pub fn unload_idle(&self, idle: Duration) -> usize {
+        let cutoff = self
+            .inner
+            .clock
+            .now_ms()
+            .saturating_sub(idle.as_millis() as u64);
+        let mut loaded = self.inner.loaded.lock().unwrap();
+        let before = loaded.len();
+        loaded.retain(|_, (_, used)| *used > cutoff);
+        before - loaded.len()
+    }
+
+    /// How many versions are loaded.
+    pub fn loaded_count(&self) -> usize {
+        self.inner.loaded.lock().unwrap().len()
     }
 
     fn permits(&self, name: &str, version: u32, concurrency: u32) -> Arc<Semaphore> {

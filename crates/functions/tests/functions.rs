@@ -430,3 +430,50 @@ async fn a_changed_compare_and_set_key_refuses_the_whole_commit() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_versions_are_unloaded_and_load_again_cold() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store"), sluice_store::Options::default()).unwrap();
+    let clock = Arc::new(sluice_types::ManualClock::new(1_000_000));
+    let shared: SharedClock = clock.clone();
+    let broker = Broker::open(store.clone(), shared.clone(), &Options::default()).unwrap();
+    let functions = Functions::open(
+        broker,
+        store,
+        &dir.path().join("functions"),
+        shared,
+        RuntimeConfig {
+            max_instances: 4,
+            ..RuntimeConfig::default()
+        },
+    )
+    .unwrap();
+    for f in ["a", "b"] {
+        functions
+            .deploy(&name(f), sluice_guests::ok(), VersionSettings::default())
+            .await
+            .unwrap();
+        let r = functions
+            .invoke(f, &Target::default(), &[event("e")], None)
+            .await
+            .unwrap();
+        assert!(r.cold);
+    }
+    assert_eq!(functions.loaded_count(), 2);
+    clock.advance(60_000);
+    let r = functions
+        .invoke("a", &Target::default(), &[event("e")], None)
+        .await
+        .unwrap();
+    assert!(!r.cold, "still loaded");
+    // `b` has been idle for 60 s, `a` for none: only `b` goes.
+    assert_eq!(functions.unload_idle(std::time::Duration::from_secs(30)), 1);
+    assert_eq!(functions.loaded_count(), 1);
+    let r = functions
+        .invoke("b", &Target::default(), &[event("e")], None)
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Success);
+    assert!(r.cold, "loaded again");
+}

@@ -42,6 +42,9 @@ pub struct Config {
     pub store: sluice_store::Options,
     /// Function runtime settings.
     pub runtime: sluice_functions::RuntimeConfig,
+    /// A loaded function version not invoked for this long is unloaded (its compiled
+    /// code unmapped); the next invocation loads it again.
+    pub unload_idle_after: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             broker: sluice_broker::Options::default(),
             store: sluice_store::Options::default(),
             runtime: sluice_functions::RuntimeConfig::default(),
+            unload_idle_after: Duration::from_secs(600),
         }
     }
 }
@@ -171,6 +175,24 @@ impl Server {
                 .run(config.broker.clone(), cancel.child_token()),
         );
 
+        {
+            let functions = functions.clone();
+            let idle = config.unload_idle_after;
+            let stop = cancel.child_token();
+            let every = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    let n = functions.unload_idle(idle);
+                    if n > 0 {
+                        tracing::debug!(unloaded = n, "unloaded idle function versions");
+                    }
+                }
+            });
+        }
         let triggers = sluice_functions::Triggers::start(
             functions.clone(),
             broker.clone(),
