@@ -303,18 +303,14 @@ pub(crate) struct InvokeQuery {
 
 /// The JSON form of an invocation's result.
 pub(crate) fn invocation_json(name: &str, r: &InvocationResult) -> Value {
-    let (outcome, failed, error) = match (&r.outcome, &r.commit_error) {
-        (Outcome::Failed(f), _) => ("failed", json!([]), Some(f.to_string())),
-        (_, Some(e)) => ("failed", json!([]), Some(e.clone())),
-        (Outcome::Success, None) => ("success", json!([]), None),
-        (Outcome::PartialFailure(f), None) => (
-            "partial_failure",
-            f.iter()
-                .map(|e| json!({"id": e.id, "reason": e.reason}))
-                .collect(),
-            None,
-        ),
+    let failed: Vec<Value> = match (&r.outcome, &r.commit_error) {
+        (Outcome::PartialFailure(f), None) => f
+            .iter()
+            .map(|e| json!({"id": e.id, "reason": e.reason}))
+            .collect(),
+        _ => Vec::new(),
     };
+    let (outcome, error) = (r.outcome_name(), r.failed());
     json!({
         "invocation_id": r.id,
         "function": name,
@@ -376,10 +372,11 @@ pub(crate) async fn invoke(
     };
     let mut events = Vec::with_capacity(raw.len());
     for (i, e) in raw.into_iter().enumerate() {
-        let ev = sluice_broker::event::normalize(e, now, invoke_event_id).map_err(|err| {
-            ApiError::bad_request(code::INVALID_EVENT, format!("events[{i}]: {err}"))
-                .with_extra(json!({ "attribute": err.attribute }))
-        })?;
+        let ev = sluice_broker::event::normalize(e, now, || state.broker().new_event_id())
+            .map_err(|err| {
+                ApiError::bad_request(code::INVALID_EVENT, format!("events[{i}]: {err}"))
+                    .with_extra(json!({ "attribute": err.attribute }))
+            })?;
         events.push(ev.value);
     }
     let r = state
@@ -387,18 +384,6 @@ pub(crate) async fn invoke(
         .invoke(&name, &target, &events, None)
         .await?;
     Ok(ok(invocation_json(&name, &r)))
-}
-
-/// A unique id for an event made up by an invoke call.
-fn invoke_event_id() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let pid = std::process::id();
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("invoke-{t:x}-{pid:x}-{n}")
 }
 
 #[derive(Deserialize, Default)]

@@ -169,6 +169,11 @@ fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<u64> {
 }
 
 impl Engine {
+    /// A new random CloudEvent id from the engine's random source.
+    pub(crate) fn new_event_id(&mut self) -> String {
+        topics::new_event_id(&mut self.rng)
+    }
+
     pub(crate) fn open(store: Store, now: u64, seed: Option<u64>) -> Result<Self> {
         let ks = Keyspaces {
             meta: store.keyspace("meta")?,

@@ -760,6 +760,11 @@ impl Broker {
         Ok(())
     }
 
+    /// A new random CloudEvent id (a version 4 UUID), as publish gives events without one.
+    pub fn new_event_id(&self) -> String {
+        self.lock().new_event_id()
+    }
+
     /// Now, by the broker's clock, in milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         self.now()

@@ -283,19 +283,7 @@ pub async fn run(args: FnArgs) -> anyhow::Result<()> {
             if json_out {
                 println!("{v}");
             } else {
-                for l in v["logs"].as_array().into_iter().flatten() {
-                    println!(
-                        "[{:>5} ms] {:<5} {}{}",
-                        l["at_ms"],
-                        l["level"].as_str().unwrap_or(""),
-                        l["context"]
-                            .as_str()
-                            .filter(|c| !c.is_empty())
-                            .map(|c| format!("{c}: "))
-                            .unwrap_or_default(),
-                        l["message"].as_str().unwrap_or("")
-                    );
-                }
+                print_lines(&v["logs"], "");
                 println!(
                     "{} (version {}, {} µs{})",
                     v["outcome"].as_str().unwrap_or(""),
@@ -357,16 +345,18 @@ fn print_record(json_out: bool, r: &Value) {
     if let Some(e) = r["error"].as_str() {
         println!("  error: {e}");
     }
-    for l in r["lines"].as_array().into_iter().flatten() {
+    print_lines(&r["lines"], "  ");
+}
+
+/// Prints an invocation's log lines, each as `[ms] level context: message`.
+fn print_lines(lines: &Value, indent: &str) {
+    for l in lines.as_array().into_iter().flatten() {
+        let context = l["context"].as_str().filter(|c| !c.is_empty());
         println!(
-            "  [{:>5} ms] {:<5} {}{}",
+            "{indent}[{:>5} ms] {:<5} {}{}",
             l["at_ms"],
             l["level"].as_str().unwrap_or(""),
-            l["context"]
-                .as_str()
-                .filter(|c| !c.is_empty())
-                .map(|c| format!("{c}: "))
-                .unwrap_or_default(),
+            context.map(|c| format!("{c}: ")).unwrap_or_default(),
             l["message"].as_str().unwrap_or("")
         );
     }

@@ -129,6 +129,15 @@ impl InvocationResult {
             _ => None,
         }
     }
+
+    /// `success`, `partial_failure` or `failed` (a refused commit is a failure).
+    pub fn outcome_name(&self) -> &'static str {
+        match (&self.outcome, &self.commit_error) {
+            (Outcome::Failed(_), _) | (_, Some(_)) => "failed",
+            (Outcome::Success, None) => "success",
+            (Outcome::PartialFailure(_), None) => "partial_failure",
+        }
+    }
 }
 
 /// A function name and version number.
@@ -693,11 +702,6 @@ impl Functions {
         events: usize,
         started_ms: u64,
     ) {
-        let outcome = match (&r.outcome, &r.commit_error) {
-            (Outcome::Failed(_), _) | (_, Some(_)) => "failed",
-            (Outcome::Success, None) => "success",
-            (Outcome::PartialFailure(_), None) => "partial_failure",
-        };
         let record = logs::Record {
             seq: 0,
             invocation_id: r.id.clone(),
@@ -710,7 +714,7 @@ impl Functions {
             instantiate_us: r.instantiate.as_micros() as u64,
             cold: r.cold,
             fuel: r.fuel,
-            outcome: outcome.to_owned(),
+            outcome: r.outcome_name().to_owned(),
             error: r.failed(),
             lines: r
                 .logs

@@ -204,7 +204,7 @@ pub(super) fn record_of(entry: LogEntry, group: Option<String>) -> MessageRecord
     }
 }
 
-fn new_event_id(rng: &mut impl Rng) -> String {
+pub(crate) fn new_event_id(rng: &mut impl Rng) -> String {
     let v: u128 = rng.random();
     // A version 4, variant 1 UUID.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
