@@ -55,6 +55,15 @@ pub mod code {
     pub const FUNCTION_RUNTIME_FAILED: &str = "function_runtime_failed";
     pub const TRIGGER_NOT_FOUND: &str = "trigger_not_found";
     pub const FUNCTION_IN_USE: &str = "function_in_use";
+    pub const INVALID_STREAM: &str = "invalid_stream";
+    pub const INVALID_EXPECTED_VERSION: &str = "invalid_expected_version";
+    pub const STREAM_NOT_FOUND: &str = "stream_not_found";
+    pub const STREAM_DELETED: &str = "stream_deleted";
+    pub const WRONG_EXPECTED_VERSION: &str = "wrong_expected_version";
+    pub const EVENT_ID_CONFLICT: &str = "event_id_conflict";
+    pub const INVALID_SNAPSHOT: &str = "invalid_snapshot";
+    pub const SNAPSHOT_STALE: &str = "snapshot_stale";
+    pub const SNAPSHOT_NOT_FOUND: &str = "snapshot_not_found";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -105,6 +114,15 @@ pub mod code {
         FUNCTION_RUNTIME_FAILED,
         TRIGGER_NOT_FOUND,
         FUNCTION_IN_USE,
+        INVALID_STREAM,
+        INVALID_EXPECTED_VERSION,
+        STREAM_NOT_FOUND,
+        STREAM_DELETED,
+        WRONG_EXPECTED_VERSION,
+        EVENT_ID_CONFLICT,
+        INVALID_SNAPSHOT,
+        SNAPSHOT_STALE,
+        SNAPSHOT_NOT_FOUND,
     ];
 }
 
@@ -183,6 +201,13 @@ impl From<BrokerError> for ApiError {
             TargetQueueNotFound(_) => (StatusCode::BAD_REQUEST, code::TARGET_QUEUE_NOT_FOUND),
             NotPull { .. } => (StatusCode::CONFLICT, code::NOT_PULL),
             KvConflict(_) => (StatusCode::CONFLICT, code::KV_CONFLICT),
+            InvalidStream(_) => (StatusCode::BAD_REQUEST, code::INVALID_STREAM),
+            StreamNotFound(_) => (StatusCode::NOT_FOUND, code::STREAM_NOT_FOUND),
+            StreamDeleted(_) => (StatusCode::GONE, code::STREAM_DELETED),
+            WrongExpectedVersion { .. } => (StatusCode::CONFLICT, code::WRONG_EXPECTED_VERSION),
+            EventIdConflict { .. } => (StatusCode::CONFLICT, code::EVENT_ID_CONFLICT),
+            InvalidSnapshot(_) => (StatusCode::BAD_REQUEST, code::INVALID_SNAPSHOT),
+            SnapshotStale { .. } => (StatusCode::CONFLICT, code::SNAPSHOT_STALE),
         };
         let mut err = ApiError::new(status, code, detail);
         match e {
@@ -194,6 +219,17 @@ impl From<BrokerError> for ApiError {
             }
             InvalidEvent(e) => err = err.with_extra(json!({ "attribute": e.attribute })),
             InFlightLimit(_) => err = err.retry_after(1),
+            WrongExpectedVersion {
+                expected, current, ..
+            } => {
+                err = err.with_extra(json!({ "expected_version": expected, "current_version": current }))
+            }
+            EventIdConflict { id, at, .. } => {
+                err = err.with_extra(json!({ "id": id, "version": at }))
+            }
+            SnapshotStale { current, .. } => {
+                err = err.with_extra(json!({ "current_version": current }))
+            }
             Store(_) | ShuttingDown => err = err.retry_after(5),
             _ => {}
         }

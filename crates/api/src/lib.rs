@@ -5,6 +5,7 @@
 //! request gets a problem+json answer with a stable code instead of a framework default.
 
 mod error;
+mod eventstore;
 mod functions;
 mod queues;
 mod stream;
@@ -196,6 +197,32 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/triggers/{name}/pause", post(functions::pause_trigger))
         .route("/triggers/{name}/resume", post(functions::resume_trigger))
+        .route(
+            "/streams/{stream}",
+            get(eventstore::info).delete(eventstore::delete),
+        )
+        .route(
+            "/streams/{stream}/events",
+            get(eventstore::read).post(eventstore::append),
+        )
+        .route("/streams/{stream}/stream", get(eventstore::tail_stream))
+        .route(
+            "/streams/{stream}/metadata",
+            get(eventstore::get_metadata).put(eventstore::put_metadata),
+        )
+        .route(
+            "/streams/{stream}/snapshot",
+            get(eventstore::get_snapshot).put(eventstore::put_snapshot),
+        )
+        .route(
+            "/categories/{category}/events",
+            get(eventstore::read_category),
+        )
+        .route(
+            "/categories/{category}/stream",
+            get(eventstore::tail_category),
+        )
+        .route("/types/{type}/events", get(eventstore::read_type))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))

@@ -62,6 +62,7 @@ struct Keyspaces {
     index: Keyspace,
     log: Keyspace,
     kv: Keyspace,
+    streams: Keyspace,
 }
 
 struct QueueState {
@@ -159,6 +160,8 @@ pub(crate) struct Engine {
     topics: HashMap<String, topics::TopicState>,
     /// Topics whose counters changed in the batch being built.
     dirty_topics: HashSet<String>,
+    /// Streams with events to scavenge, and when to look at each next.
+    scavenge: HashMap<String, u64>,
 }
 
 fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<u64> {
@@ -182,6 +185,7 @@ impl Engine {
             index: store.keyspace("index")?,
             log: store.keyspace("log")?,
             kv: store.keyspace("kv")?,
+            streams: store.keyspace("streams")?,
         };
         let next_seq = read_u64(&ks.meta, SEQ_KEY)?;
         let next_qid = read_u64(&ks.meta, QID_KEY)?;
@@ -199,8 +203,11 @@ impl Engine {
             dirty: HashSet::new(),
             topics: HashMap::new(),
             dirty_topics: HashSet::new(),
+            scavenge: HashMap::new(),
         };
         engine.load_topics()?;
+        engine.ensure_all_topic(now)?;
+        engine.load_scavenging(now)?;
         for meta in engine.load_metas::<QueueMeta>(b"queue/", "queue")? {
             let counters = engine.load_counters(meta.id)?;
             engine.install(QueueState::new(meta, counters), now)?;
@@ -1539,6 +1546,7 @@ impl Engine {
         let mut woken = Vec::new();
         let mut ticket = self.flush(self.store.batch())?;
         woken.extend(self.tick_topics(now)?);
+        self.tick_streams(now)?;
         let names: Vec<String> = self.queues.keys().cloned().collect();
         for name in names {
             let mut wake = false;
@@ -1803,6 +1811,7 @@ fn validate_message(m: &NewMessage, config: &QueueConfig) -> Result<()> {
 }
 
 mod commit;
+pub(crate) mod streams;
 mod topics;
 
 pub use commit::Commit;

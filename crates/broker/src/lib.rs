@@ -24,6 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Backoff, ConfigError, QueueConfig};
 pub use engine::Commit;
+pub use engine::streams::{
+    ALL, AppendResult, Direction, EVENT_SIZE_MAX, GlobalPage, Index, READ_MAX, RecordedEvent,
+    SNAPSHOT_SIZE_MAX, STREAM_ATTRIBUTE, Snapshot, StreamInfo, StreamMetadata, StreamPage,
+    VERSION_ATTRIBUTE,
+};
+pub use sluice_eventstore::{ExpectedVersion, StreamState, validate_name as validate_stream_name};
 use engine::Engine;
 pub use event::EventError;
 pub use filter::{Filter, PatternError};
@@ -108,6 +114,35 @@ pub enum Error {
     NotPull { subscription: String, queue: String },
     #[error("key {0:?} changed since it was read; the invocation is retried")]
     KvConflict(String),
+    #[error("invalid stream name: {0}")]
+    InvalidStream(String),
+    #[error("stream {0:?} does not exist")]
+    StreamNotFound(String),
+    #[error("stream {0:?} was hard-deleted; it takes no more events")]
+    StreamDeleted(String),
+    #[error(
+        "stream {stream:?}: expected version {expected}, but its last version is {}",
+        current.map_or("none (no events)".to_owned(), |v| v.to_string())
+    )]
+    WrongExpectedVersion {
+        stream: String,
+        expected: String,
+        /// The stream's last live version (`None`: no live events).
+        current: Option<u64>,
+    },
+    #[error(
+        "event id {id:?} is already in stream {stream:?} at version {at}, not where this append \
+         would put it; a retry must name the same expected version"
+    )]
+    EventIdConflict { stream: String, id: String, at: u64 },
+    #[error("invalid snapshot: {0}")]
+    InvalidSnapshot(String),
+    #[error("stream {stream:?} has a snapshot at version {current}, later than {version}")]
+    SnapshotStale {
+        stream: String,
+        version: u64,
+        current: u64,
+    },
 }
 
 /// Broker result.
@@ -758,6 +793,103 @@ impl Broker {
             n.notify_waiters();
         }
         Ok(())
+    }
+
+    // ---- event store ----
+
+    /// Appends events to `stream` atomically if `expected` holds. A retry of an append
+    /// that already happened (the same event ids at the position `expected` names) answers
+    /// as it did without writing. Answers once the append is durable.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<AppendResult> {
+        let now = self.now();
+        let (result, ticket, woken) = self.lock().append(stream, expected, events, now)?;
+        self.shared.store.durable(ticket).await?;
+        for n in woken {
+            n.notify_waiters();
+        }
+        Ok(result)
+    }
+
+    /// Up to `limit` visible events of `stream` from version `from` (default: the first
+    /// going forward, the last going backward).
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamPage> {
+        let now = self.now();
+        self.lock()
+            .read_stream(stream, from, direction, limit, now)
+    }
+
+    /// Up to `limit` visible events of `$all` from position `from`, in commit order.
+    pub fn read_all(&self, from: u64, limit: usize) -> Result<GlobalPage> {
+        let now = self.now();
+        self.lock().read_all(from, limit, now)
+    }
+
+    /// Up to `limit` visible events of a category or an event type from position `from`.
+    pub fn read_index(&self, index: Index<'_>, from: u64, limit: usize) -> Result<GlobalPage> {
+        let now = self.now();
+        self.lock().read_index(index, from, limit, now)
+    }
+
+    /// What is known of `stream` (also of one that only has metadata).
+    pub fn stream_info(&self, stream: &str) -> Result<StreamInfo> {
+        self.lock().stream_info(stream)
+    }
+
+    /// Replaces the metadata of `stream`.
+    pub async fn set_stream_metadata(&self, stream: &str, metadata: StreamMetadata) -> Result<()> {
+        let now = self.now();
+        let ticket = self.lock().set_metadata(stream, metadata, now)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(())
+    }
+
+    /// Deletes `stream` if `expected` holds: soft, or hard (a tombstone).
+    pub async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        hard: bool,
+    ) -> Result<()> {
+        let now = self.now();
+        let ticket = self.lock().delete_stream(stream, expected, hard, now)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(())
+    }
+
+    /// Saves the snapshot of `stream` at `version`.
+    pub async fn save_snapshot(
+        &self,
+        stream: &str,
+        version: u64,
+        data: serde_json::Value,
+    ) -> Result<()> {
+        let now = self.now();
+        let ticket = self.lock().save_snapshot(stream, version, data, now)?;
+        self.shared.store.durable(ticket).await?;
+        Ok(())
+    }
+
+    /// The latest snapshot of `stream`, if any.
+    pub fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
+        self.lock().load_snapshot(stream)
+    }
+
+    /// Notified whenever events are appended to any stream (for live readers).
+    pub fn streams_waker(&self) -> Waker {
+        self.lock()
+            .topic_notify(ALL)
+            .expect("the $all topic exists from the first start")
     }
 
     /// A new random CloudEvent id (a version 4 UUID), as publish gives events without one.

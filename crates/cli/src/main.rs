@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod function;
 mod queue;
+mod stream;
 mod topic;
 mod trigger;
 
@@ -43,6 +44,9 @@ enum Command {
     Fn(Box<function::FnArgs>),
     /// Connect queues and subscriptions to functions: batching, concurrency, rate limits.
     Trigger(Box<trigger::TriggerArgs>),
+    /// Event-store streams: append with an expected version, read, follow, metadata,
+    /// delete, snapshots.
+    Stream(Box<stream::StreamArgs>),
     /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -109,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         Command::Queue(args) => runtime.block_on(queue::run(*args)),
         Command::Topic(args) => runtime.block_on(topic::run_topic(*args)),
         Command::Sub(args) => runtime.block_on(topic::run_sub(*args)),
+        Command::Stream(args) => runtime.block_on(stream::run(*args)),
         Command::Fn(args) => runtime.block_on(function::run(*args)),
         Command::Trigger(args) => runtime.block_on(trigger::run(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),

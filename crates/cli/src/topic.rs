@@ -187,6 +187,58 @@ enum SubCommand {
     },
 }
 
+/// CloudEvents given on the command line: one built from flags, and any number read from a
+/// file of one JSON object per line.
+pub struct EventArgs {
+    pub ty: Option<String>,
+    pub source: String,
+    pub subject: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub file: Option<String>,
+}
+
+impl EventArgs {
+    /// The events, the file's first.
+    pub fn collect(self) -> anyhow::Result<Vec<Value>> {
+        let mut events = Vec::new();
+        if let Some(f) = self.file {
+            let reader: Box<dyn BufRead> = if f == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&f).with_context(|| format!("opening {f}"))?,
+                ))
+            };
+            for (i, line) in reader.lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&line)
+                    .with_context(|| format!("line {}: not a JSON CloudEvent", i + 1))?;
+                events.push(v);
+            }
+        }
+        if let Some(ty) = self.ty {
+            let mut e = Map::new();
+            e.insert("specversion".into(), "1.0".into());
+            e.insert("type".into(), ty.into());
+            e.insert("source".into(), self.source.into());
+            set(&mut e, "subject", self.subject.map(Value::from));
+            set(&mut e, "id", self.id.map(Value::from));
+            if let Some(d) = self.data {
+                e.insert(
+                    "data".into(),
+                    serde_json::from_str(&d).unwrap_or(Value::String(d)),
+                );
+            }
+            events.push(Value::Object(e));
+        }
+        Ok(events)
+    }
+}
+
 fn set(m: &mut Map<String, Value>, k: &str, v: Option<Value>) {
     if let Some(v) = v {
         m.insert(k.to_owned(), v);
@@ -289,42 +341,15 @@ pub async fn run_topic(args: TopicArgs) -> anyhow::Result<()> {
             data,
             file,
         } => {
-            let mut events = Vec::new();
-            if let Some(f) = file {
-                let reader: Box<dyn BufRead> = if f == "-" {
-                    Box::new(std::io::stdin().lock())
-                } else {
-                    Box::new(std::io::BufReader::new(
-                        std::fs::File::open(&f).with_context(|| format!("opening {f}"))?,
-                    ))
-                };
-                for (i, line) in reader.lines().enumerate() {
-                    let line = line?;
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    let v: Value = serde_json::from_str(&line)
-                        .with_context(|| format!("line {}: not a JSON CloudEvent", i + 1))?;
-                    events.push(v);
-                }
+            let events = EventArgs {
+                ty,
+                source,
+                subject,
+                id,
+                data,
+                file,
             }
-            if let Some(ty) = ty {
-                let mut e = json!({"specversion": "1.0", "type": ty, "source": source});
-                set(
-                    e.as_object_mut().expect("object"),
-                    "subject",
-                    subject.map(Value::from),
-                );
-                set(
-                    e.as_object_mut().expect("object"),
-                    "id",
-                    id.map(Value::from),
-                );
-                if let Some(d) = data {
-                    e["data"] = serde_json::from_str(&d).unwrap_or(Value::String(d));
-                }
-                events.push(e);
-            }
+            .collect()?;
             if events.is_empty() {
                 bail!("nothing to publish: give --type (and --data) or --file");
             }
@@ -428,9 +453,23 @@ async fn tail(c: &Client, name: &str, from: &str, filter: Option<String>) -> any
         query.push_str(&format!("&filter={encoded}"));
     }
     let path = format!("/v1/topics/{name}/stream?{query}");
+    let json_out = c.output == Output::Json;
+    follow(c, &path, |id, data| {
+        if json_out {
+            println!("{{\"offset\":{id},\"event\":{data}}}");
+        } else {
+            println!("{id}  {data}");
+        }
+    })
+    .await
+}
+
+/// Follows a Server-Sent Events stream, calling `on_event` with each event's id and data;
+/// on a dropped connection, reconnects after the last id seen.
+pub async fn follow(c: &Client, path: &str, mut on_event: impl FnMut(u64, &str)) -> anyhow::Result<()> {
     let mut last: Option<u64> = None;
     loop {
-        let mut resp = c.open_stream(&path, last).await?;
+        let mut resp = c.open_stream(path, last).await?;
         let mut buf = String::new();
         loop {
             let chunk = match resp.chunk().await {
@@ -451,11 +490,7 @@ async fn tail(c: &Client, name: &str, from: &str, filter: Option<String>) -> any
                 }
                 if let Some(id) = id {
                     last = Some(id);
-                    if c.output == Output::Json {
-                        println!("{{\"offset\":{id},\"event\":{data}}}");
-                    } else {
-                        println!("{id}  {data}");
-                    }
+                    on_event(id, &data);
                 }
             }
         }

@@ -75,7 +75,7 @@ pub enum AppendError {
     Empty,
     #[error("event id {0:?} appears twice in the append")]
     DuplicateId(String),
-    #[error("expected version {expected:?}, but the stream's last version is {current:?}")]
+    #[error("expected version {expected}, but the stream's last version is {}", current.map_or("none (no events)".to_owned(), |v| v.to_string()))]
     WrongExpectedVersion {
         expected: ExpectedVersion,
         /// The stream's last live version (`None`: no live events).
@@ -151,6 +151,15 @@ pub fn decide(
             at,
         });
     }
+    check_expected(expected, head)?;
+    Ok(Decision::Append { first: head.next() })
+}
+
+/// Whether `head` is what `expected` says (for appends and deletes).
+pub fn check_expected(expected: ExpectedVersion, head: StreamHead) -> Result<(), AppendError> {
+    if head.state == StreamState::Tombstoned {
+        return Err(AppendError::Tombstoned);
+    }
     let current = if head.has_live_events() {
         head.last
     } else {
@@ -165,7 +174,36 @@ pub fn decide(
     if !ok {
         return Err(AppendError::WrongExpectedVersion { expected, current });
     }
-    Ok(Decision::Append { first: head.next() })
+    Ok(())
+}
+
+impl std::str::FromStr for ExpectedVersion {
+    type Err = String;
+
+    /// `any`, `no_stream`, `exists`, or a version number.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "any" => Ok(Self::Any),
+            "no_stream" => Ok(Self::NoStream),
+            "exists" => Ok(Self::Exists),
+            _ => s.parse::<u64>().map(Self::Exact).map_err(|_| {
+                format!(
+                    "{s:?} is not an expected version: use \"any\", \"no_stream\", \"exists\" or a version number"
+                )
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("any"),
+            Self::NoStream => f.write_str("no_stream"),
+            Self::Exists => f.write_str("exists"),
+            Self::Exact(v) => write!(f, "{v}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -277,13 +277,22 @@ impl Engine {
         Ok(q)
     }
 
+    /// A topic users may write to or delete: internal topics (`$all`) are written only by
+    /// the event store.
+    fn user_topic(&self, name: &str) -> Result<&TopicState> {
+        if name.starts_with('$') {
+            return Err(Error::TopicNotFound(name.to_owned()));
+        }
+        self.topic(name)
+    }
+
     pub(super) fn topic(&self, name: &str) -> Result<&TopicState> {
         self.topics
             .get(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_owned()))
     }
 
-    fn topic_mut(&mut self, name: &str) -> Result<&mut TopicState> {
+    pub(super) fn topic_mut(&mut self, name: &str) -> Result<&mut TopicState> {
         self.topics
             .get_mut(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_owned()))
@@ -311,8 +320,23 @@ impl Engine {
         config: TopicConfig,
         now: u64,
     ) -> Result<(bool, Ticket)> {
+        self.put_topic_named(name.as_str(), config, now)
+    }
+
+    /// Creates topic `name` with `config` (the event store's internal `$all` topic, whose
+    /// name is not a [`Name`]).
+    pub(super) fn create_topic(&mut self, name: &str, config: TopicConfig, now: u64) -> Result<Ticket> {
+        Ok(self.put_topic_named(name, config, now)?.1)
+    }
+
+    fn put_topic_named(
+        &mut self,
+        name: &str,
+        config: TopicConfig,
+        now: u64,
+    ) -> Result<(bool, Ticket)> {
         let mut batch = self.store.batch();
-        let created = match self.topics.get_mut(name.as_str()) {
+        let created = match self.topics.get_mut(name) {
             Some(t) => {
                 if t.config.compaction.is_some() != config.compaction.is_some() {
                     return Err(Error::CompactionImmutable);
@@ -338,7 +362,7 @@ impl Engine {
                 true
             }
         };
-        let t = &self.topics[name.as_str()];
+        let t = &self.topics[name];
         let meta = TopicMeta {
             id: t.tid,
             name: t.name.clone(),
@@ -347,7 +371,7 @@ impl Engine {
         };
         batch.put(
             &self.ks.meta,
-            topic_meta_key(name.as_str()),
+            topic_meta_key(name),
             serde_json::to_vec(&meta).expect("topic meta serializes"),
         );
         Ok((created, self.write(batch)?))
@@ -394,7 +418,8 @@ impl Engine {
     }
 
     pub(crate) fn list_topics(&self) -> Vec<TopicInfo> {
-        let mut names: Vec<&String> = self.topics.keys().collect();
+        // Internal topics (`$all`) are not the user's.
+        let mut names: Vec<&String> = self.topics.keys().filter(|n| !n.starts_with('$')).collect();
         names.sort();
         names
             .into_iter()
@@ -404,7 +429,7 @@ impl Engine {
 
     /// Deletes a topic with its log and its subscriptions.
     pub(crate) fn delete_topic(&mut self, name: &str) -> Result<(Ticket, Vec<Waker>)> {
-        let tid = self.topic(name)?.tid;
+        let tid = self.user_topic(name)?.tid;
         let mut woken = vec![self.topic(name)?.notify.clone()];
         let subs: Vec<String> = self
             .subscriptions_of(name)
@@ -438,7 +463,7 @@ impl Engine {
         event: &Map<String, Value>,
         now: u64,
     ) -> Result<()> {
-        let config = &self.topic(name)?.config;
+        let config = &self.user_topic(name)?.config;
         let ev = event::normalize(event.clone(), now, || "unassigned".to_owned())
             .map_err(Error::InvalidEvent)?;
         let size = serde_json::to_vec(&ev.value)
@@ -473,7 +498,7 @@ impl Engine {
         now: u64,
     ) -> Result<(Vec<PublishOutcome>, Vec<Waker>)> {
         let (tid, config) = {
-            let t = self.topic(name)?;
+            let t = self.user_topic(name)?;
             (t.tid, t.config.clone())
         };
         let mut outcomes = Vec::with_capacity(events.len());
@@ -566,14 +591,20 @@ impl Engine {
             self.dirty_topics.insert(name.to_owned());
             outcomes.push(PublishOutcome::Published { id: ev.id, offset });
         }
-        let mut woken = vec![self.topic(name)?.notify.clone()];
+        Ok((outcomes, self.topic_wakers(name)?))
+    }
+
+    /// Wakers of topic `name`'s live readers and of its subscriptions.
+    pub(super) fn topic_wakers(&self, name: &str) -> Result<Vec<Waker>> {
+        let t = self.topic(name)?;
+        let mut woken = vec![t.notify.clone()];
         woken.extend(
             self.queues
                 .values()
-                .filter(|q| q.source.as_ref().is_some_and(|s| s.tid == tid))
+                .filter(|q| q.source.as_ref().is_some_and(|s| s.tid == t.tid))
                 .map(|q| q.notify.clone()),
         );
-        Ok((outcomes, woken))
+        Ok(woken)
     }
 
     pub(crate) fn topic_notify(&self, name: &str) -> Result<Waker> {
@@ -1189,6 +1220,10 @@ impl Engine {
     pub(super) fn tick_topics(&mut self, now: u64) -> Result<Vec<Waker>> {
         let names: Vec<String> = self.topics.keys().cloned().collect();
         for name in names {
+            if name == super::streams::ALL {
+                // The event store's log: streams decide what it keeps (scavenging).
+                continue;
+            }
             let t = self.topic_mut(&name)?;
             if now < t.housekeeping_next_check {
                 continue;
