@@ -222,7 +222,8 @@ impl From<BrokerError> for ApiError {
             WrongExpectedVersion {
                 expected, current, ..
             } => {
-                err = err.with_extra(json!({ "expected_version": expected, "current_version": current }))
+                err = err
+                    .with_extra(json!({ "expected_version": expected, "current_version": current }))
             }
             EventIdConflict { id, at, .. } => {
                 err = err.with_extra(json!({ "id": id, "version": at }))

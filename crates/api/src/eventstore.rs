@@ -156,7 +156,10 @@ pub(crate) async fn append(
             "$all is every stream in commit order; append to a stream",
         ));
     }
-    let r = state.broker().append(&stream, expected, body.events).await?;
+    let r = state
+        .broker()
+        .append(&stream, expected, body.events)
+        .await?;
     Ok(to_json(
         StatusCode::OK,
         &json!({
@@ -250,10 +253,9 @@ pub(crate) async fn read_type(
     q: Result<Query<GlobalQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let page =
-        state
-            .broker()
-            .read_index(Index::Type(&ty), q.from.unwrap_or(0), limit(q.limit)?)?;
+    let page = state
+        .broker()
+        .read_index(Index::Type(&ty), q.from.unwrap_or(0), limit(q.limit)?)?;
     Ok(global_page(&page))
 }
 
@@ -316,7 +318,10 @@ pub(crate) async fn delete(
     let q = query(q)?;
     let expected = expected_version(q.expected_version.map(Value::String).as_ref())?;
     let hard = q.hard.unwrap_or(false);
-    state.broker().delete_stream(&stream, expected, hard).await?;
+    state
+        .broker()
+        .delete_stream(&stream, expected, hard)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

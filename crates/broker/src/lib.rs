@@ -24,15 +24,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Backoff, ConfigError, QueueConfig};
 pub use engine::Commit;
+use engine::Engine;
 pub use engine::streams::{
     ALL, AppendResult, Direction, EVENT_SIZE_MAX, GlobalPage, Index, READ_MAX, RecordedEvent,
     SNAPSHOT_SIZE_MAX, STREAM_ATTRIBUTE, Snapshot, StreamInfo, StreamMetadata, StreamPage,
     VERSION_ATTRIBUTE,
 };
-pub use sluice_eventstore::{ExpectedVersion, StreamState, validate_name as validate_stream_name};
-use engine::Engine;
 pub use event::EventError;
 pub use filter::{Filter, PatternError};
+pub use sluice_eventstore::{ExpectedVersion, StreamState, validate_name as validate_stream_name};
 pub use topic_config::{Compaction, Start, SubscriptionConfig, Target, TopicConfig};
 
 /// Most messages in one send or receive call.
@@ -825,8 +825,7 @@ impl Broker {
         limit: usize,
     ) -> Result<StreamPage> {
         let now = self.now();
-        self.lock()
-            .read_stream(stream, from, direction, limit, now)
+        self.lock().read_stream(stream, from, direction, limit, now)
     }
 
     /// Up to `limit` visible events of `$all` from position `from`, in commit order.

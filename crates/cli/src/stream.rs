@@ -238,9 +238,11 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
                 }
                 _ => bail!("give a stream ('$all' for all) or --category"),
             };
-            follow(&c, &path, |_, data| match serde_json::from_str::<Value>(data) {
-                Ok(e) => print_event(&e, json_out),
-                Err(_) => println!("{data}"),
+            follow(&c, &path, |_, data| {
+                match serde_json::from_str::<Value>(data) {
+                    Ok(e) => print_event(&e, json_out),
+                    Err(_) => println!("{data}"),
+                }
             })
             .await?;
         }

@@ -466,7 +466,11 @@ async fn tail(c: &Client, name: &str, from: &str, filter: Option<String>) -> any
 
 /// Follows a Server-Sent Events stream, calling `on_event` with each event's id and data;
 /// on a dropped connection, reconnects after the last id seen.
-pub async fn follow(c: &Client, path: &str, mut on_event: impl FnMut(u64, &str)) -> anyhow::Result<()> {
+pub async fn follow(
+    c: &Client,
+    path: &str,
+    mut on_event: impl FnMut(u64, &str),
+) -> anyhow::Result<()> {
     let mut last: Option<u64> = None;
     loop {
         let mut resp = c.open_stream(path, last).await?;

@@ -134,7 +134,11 @@ async fn appends_retried_after_a_timeout_are_not_duplicated() {
     for i in 0..50u64 {
         let stream = format!("retry-{}", i % 5);
         let ids: Vec<String> = (0..3).map(|j| format!("e{i}-{j}")).collect();
-        let expected = if i < 5 { json!("no_stream") } else { json!(i / 5 * 3 - 1) };
+        let expected = if i < 5 {
+            json!("no_stream")
+        } else {
+            json!(i / 5 * 3 - 1)
+        };
         append_and_hang_up(&url, &stream, &expected, &ids).await;
         // Retried after a while (sometimes at once, racing the first attempt).
         tokio::time::sleep(Duration::from_millis(i % 3 * 5)).await;
@@ -151,7 +155,10 @@ async fn appends_retried_after_a_timeout_are_not_duplicated() {
         assert_eq!((status, &body["appended"]), (200, &json!(false)), "{body}");
     }
     eprintln!("{already} of 50 retries found their append already done");
-    assert!(already > 0, "some first attempts were appended before the retry");
+    assert!(
+        already > 0,
+        "some first attempts were appended before the retry"
+    );
     for s in 0..5 {
         let events = read_stream(&server, &format!("retry-{s}")).await;
         assert_eq!(events.len(), 30, "each append once");
@@ -240,7 +247,11 @@ async fn catch_up_switches_to_live_without_gap_or_duplicate() {
     let got = read_sse(&mut stream, |g| g.len() as u64 >= TOTAL).await;
     writer.await.unwrap();
     let versions: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
-    assert_eq!(versions, (0..TOTAL).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(
+        versions,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
     for (v, e) in &got {
         assert_eq!(e["version"], *v);
         assert_eq!(e["stream"], "feed-1");
@@ -382,8 +393,20 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
             400,
             "out_of_range",
         ),
-        ("GET", "/v1/streams/nope-1/events", None, 404, "stream_not_found"),
-        ("GET", "/v1/categories/a-b/events", None, 400, "invalid_stream"),
+        (
+            "GET",
+            "/v1/streams/nope-1/events",
+            None,
+            404,
+            "stream_not_found",
+        ),
+        (
+            "GET",
+            "/v1/categories/a-b/events",
+            None,
+            400,
+            "invalid_stream",
+        ),
         (
             "PUT",
             "/v1/streams/order-1/metadata",
@@ -415,7 +438,11 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     ];
     for (method, path, body, status, code) in cases {
         let (got, answer) = server.call(method, path, body).await;
-        assert_eq!((got, answer["code"].as_str()), (status, Some(code)), "{method} {path}: {answer}");
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {answer}"
+        );
     }
     let (_, body) = server
         .call_raw("POST", "/v1/streams/order-1/events", b"{not json".to_vec())
@@ -439,9 +466,15 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
             Some(json!({"events": [event("c")]})),
         )
         .await;
-    assert_eq!((status, body["code"].as_str()), (410, Some("stream_deleted")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (410, Some("stream_deleted"))
+    );
     let (status, body) = server.call("GET", "/v1/streams/order-1/events", None).await;
-    assert_eq!((status, body["code"].as_str()), (410, Some("stream_deleted")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (410, Some("stream_deleted"))
+    );
     assert_eq!(server.call("GET", "/healthz", None).await.0, 200);
 }
 
@@ -465,27 +498,56 @@ async fn the_stream_commands_append_read_and_manage_streams() {
     let out = cli(
         &server,
         &[
-            "stream", "append", "cart-7", "--type", "item.added", "--id", "i1", "--data",
-            r#"{"sku":"a"}"#, "--expected-version", "no_stream",
+            "stream",
+            "append",
+            "cart-7",
+            "--type",
+            "item.added",
+            "--id",
+            "i1",
+            "--data",
+            r#"{"sku":"a"}"#,
+            "--expected-version",
+            "no_stream",
         ],
     );
     assert!(out.contains("appended: cart-7 versions 0..=0"), "{out}");
     let out = cli(
         &server,
         &[
-            "stream", "append", "cart-7", "--type", "item.added", "--id", "i1", "--data",
-            r#"{"sku":"a"}"#, "--expected-version", "no_stream",
+            "stream",
+            "append",
+            "cart-7",
+            "--type",
+            "item.added",
+            "--id",
+            "i1",
+            "--data",
+            r#"{"sku":"a"}"#,
+            "--expected-version",
+            "no_stream",
         ],
     );
     assert!(out.contains("already appended"), "{out}");
     cli(
         &server,
-        &["stream", "append", "cart-7", "--type", "item.removed", "--expected-version", "0"],
+        &[
+            "stream",
+            "append",
+            "cart-7",
+            "--type",
+            "item.removed",
+            "--expected-version",
+            "0",
+        ],
     );
     let out = cli(&server, &["stream", "read", "cart-7", "--output", "json"]);
     let page: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(page["events"].as_array().unwrap().len(), 2);
-    let out = cli(&server, &["stream", "read", "cart-7", "--backward", "--limit", "1"]);
+    let out = cli(
+        &server,
+        &["stream", "read", "cart-7", "--backward", "--limit", "1"],
+    );
     assert!(out.starts_with("cart-7@1"), "{out}");
     let out = cli(&server, &["stream", "read", "--category", "cart"]);
     assert_eq!(out.lines().count(), 2, "{out}");
@@ -500,11 +562,23 @@ async fn the_stream_commands_append_read_and_manage_streams() {
     assert_eq!(page["events"][0]["version"], 1);
     cli(
         &server,
-        &["stream", "snapshot", "save", "cart-7", "--version", "1", "--data", r#"{"items":0}"#],
+        &[
+            "stream",
+            "snapshot",
+            "save",
+            "cart-7",
+            "--version",
+            "1",
+            "--data",
+            r#"{"items":0}"#,
+        ],
     );
     let out = cli(&server, &["stream", "snapshot", "get", "cart-7"]);
     let snap: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((snap["version"].as_u64(), &snap["data"]), (Some(1), &json!({"items": 0})));
+    assert_eq!(
+        (snap["version"].as_u64(), &snap["data"]),
+        (Some(1), &json!({"items": 0}))
+    );
     let out = cli(&server, &["stream", "info", "cart-7", "--output", "json"]);
     let info: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(info["last_version"], 1);

@@ -199,7 +199,10 @@ async fn acknowledged_appends_survive_sigkills_gapless_and_in_order() {
     let all = read_all(&server).await;
     let mut seen_ids = HashSet::new();
     for (stream, _, id) in &all {
-        assert!(seen_ids.insert(id.clone()), "{id} is in $all twice ({stream})");
+        assert!(
+            seen_ids.insert(id.clone()),
+            "{id} is in $all twice ({stream})"
+        );
     }
     for s in 0..STREAMS {
         let stream = format!("acct-{s}");
@@ -236,13 +239,19 @@ async fn acknowledged_appends_survive_sigkills_gapless_and_in_order() {
         let empty = HashSet::new();
         let acked = l.acknowledged.get(&stream).unwrap_or(&empty);
         let lost: Vec<&String> = acked.iter().filter(|id| !ids.contains(id)).collect();
-        assert!(lost.is_empty(), "{stream}: acknowledged events lost: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "{stream}: acknowledged events lost: {lost:?}"
+        );
         // $all agrees with the stream's order.
         let in_all: Vec<(u64, String)> = all
             .iter()
             .filter(|(st, _, _)| *st == stream)
             .map(|(_, v, id)| (*v, id.clone()))
             .collect();
-        assert_eq!(in_all, events, "{stream}: $all lists the stream in its order");
+        assert_eq!(
+            in_all, events,
+            "{stream}: $all lists the stream in its order"
+        );
     }
 }

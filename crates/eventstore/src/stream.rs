@@ -84,10 +84,23 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["order-42", "a", "Order_1.2:x@y", &"a".repeat(STREAM_LEN_MAX)] {
+        for ok in [
+            "order-42",
+            "a",
+            "Order_1.2:x@y",
+            &"a".repeat(STREAM_LEN_MAX),
+        ] {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "$all", "a b", "a/b", "ü", &"a".repeat(STREAM_LEN_MAX + 1), "a\0"] {
+        for bad in [
+            "",
+            "$all",
+            "a b",
+            "a/b",
+            "ü",
+            &"a".repeat(STREAM_LEN_MAX + 1),
+            "a\0",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -282,8 +282,7 @@ struct Placed {
 }
 
 fn placed(event: &[u8]) -> Result<Placed> {
-    serde_json::from_slice(event)
-        .map_err(|_| {
+    serde_json::from_slice(event).map_err(|_| {
         codec::Corrupt {
             what: "event store entry without its stream",
         }
@@ -294,9 +293,9 @@ fn placed(event: &[u8]) -> Result<Placed> {
 fn append_error(stream: &str, e: AppendError) -> Error {
     match e {
         AppendError::Empty => Error::InvalidMessage("an append needs at least one event".into()),
-        AppendError::DuplicateId(id) => Error::InvalidMessage(format!(
-            "event id {id:?} appears twice in the append"
-        )),
+        AppendError::DuplicateId(id) => {
+            Error::InvalidMessage(format!("event id {id:?} appears twice in the append"))
+        }
         AppendError::WrongExpectedVersion { expected, current } => Error::WrongExpectedVersion {
             stream: stream.to_owned(),
             expected: expected.to_string(),
@@ -390,14 +389,13 @@ impl Engine {
         let mut normalized = Vec::with_capacity(events.len());
         for (i, obj) in events.into_iter().enumerate() {
             let rng = &mut self.rng;
-            let mut ev = event::normalize(obj, now, || super::topics::new_event_id(rng)).map_err(
-                |e| {
+            let mut ev =
+                event::normalize(obj, now, || super::topics::new_event_id(rng)).map_err(|e| {
                     Error::InvalidEvent(EventError {
                         attribute: format!("events[{i}].{}", e.attribute),
                         message: e.message,
                     })
-                },
-            )?;
+                })?;
             ev.value
                 .insert(STREAM_ATTRIBUTE.into(), Value::String(stream.to_owned()));
             ev.value
@@ -459,7 +457,11 @@ impl Engine {
                 first_position = position;
             }
             let ks = &self.ks.streams;
-            batch.put(ks, event_key(stream, version), position.to_le_bytes().to_vec());
+            batch.put(
+                ks,
+                event_key(stream, version),
+                position.to_le_bytes().to_vec(),
+            );
             batch.put(ks, id_key(stream, &ev.id), version.to_le_bytes().to_vec());
             if let Some(c) = category {
                 batch.put(ks, index_key(Index::Category(c), position), Vec::new());
@@ -646,11 +648,10 @@ impl Engine {
     ) -> Result<GlobalPage> {
         let limit = limit.clamp(1, READ_MAX);
         let prefix = index_prefix(index);
-        let keys = self.ks.streams.keys(
-            &index_key(index, from),
-            &codec::prefix_end(&prefix),
-            limit,
-        )?;
+        let keys =
+            self.ks
+                .streams
+                .keys(&index_key(index, from), &codec::prefix_end(&prefix), limit)?;
         let full = keys.len() == limit;
         let mut records = HashMap::new();
         let mut events = Vec::with_capacity(keys.len());
@@ -798,8 +799,8 @@ impl Engine {
         let Some(v) = self.ks.streams.get(&snapshot_key(stream))? else {
             return Ok(None);
         };
-        let s: StoredSnapshot = serde_json::from_slice(&v)
-            .map_err(|_| codec::Corrupt { what: "snapshot" })?;
+        let s: StoredSnapshot =
+            serde_json::from_slice(&v).map_err(|_| codec::Corrupt { what: "snapshot" })?;
         Ok(Some(Snapshot {
             version: s.version,
             data: s.data,
@@ -843,10 +844,10 @@ impl Engine {
         let first_visible = rec.visibility().first_visible();
         let max_age = rec.max_age_ms();
         let prefix = event_prefix(stream);
-        let entries =
-            self.ks
-                .streams
-                .range(&prefix, &codec::prefix_end(&prefix), SCAVENGE_STEP)?;
+        let entries = self
+            .ks
+            .streams
+            .range(&prefix, &codec::prefix_end(&prefix), SCAVENGE_STEP)?;
         let tid = self.topic(ALL)?.tid;
         let mut removed = 0;
         for (k, v) in &entries {

@@ -325,7 +325,12 @@ impl Engine {
 
     /// Creates topic `name` with `config` (the event store's internal `$all` topic, whose
     /// name is not a [`Name`]).
-    pub(super) fn create_topic(&mut self, name: &str, config: TopicConfig, now: u64) -> Result<Ticket> {
+    pub(super) fn create_topic(
+        &mut self,
+        name: &str,
+        config: TopicConfig,
+        now: u64,
+    ) -> Result<Ticket> {
         Ok(self.put_topic_named(name, config, now)?.1)
     }
 

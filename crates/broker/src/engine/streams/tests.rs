@@ -125,19 +125,27 @@ async fn reads_go_forward_backward_and_page() {
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     f.append("s-1", NoStream, &refs).await.unwrap();
     let b = f.b();
-    let p = b.read_stream("s-1", Some(3), Direction::Forward, 4).unwrap();
+    let p = b
+        .read_stream("s-1", Some(3), Direction::Forward, 4)
+        .unwrap();
     assert_eq!(versions(&p.events), vec![3, 4, 5, 6]);
     assert_eq!(p.next, Some(7));
-    let p = b.read_stream("s-1", Some(7), Direction::Forward, 4).unwrap();
+    let p = b
+        .read_stream("s-1", Some(7), Direction::Forward, 4)
+        .unwrap();
     assert_eq!(versions(&p.events), vec![7, 8, 9]);
     assert_eq!(p.next, None);
     let p = b.read_stream("s-1", None, Direction::Backward, 3).unwrap();
     assert_eq!(versions(&p.events), vec![9, 8, 7]);
     assert_eq!(p.next, Some(6));
-    let p = b.read_stream("s-1", Some(1), Direction::Backward, 3).unwrap();
+    let p = b
+        .read_stream("s-1", Some(1), Direction::Backward, 3)
+        .unwrap();
     assert_eq!(versions(&p.events), vec![1, 0]);
     assert_eq!(p.next, None);
-    let p = b.read_stream("s-1", Some(50), Direction::Forward, 3).unwrap();
+    let p = b
+        .read_stream("s-1", Some(50), Direction::Forward, 3)
+        .unwrap();
     assert!(p.events.is_empty());
     assert!(matches!(
         b.read_stream("nope", None, Direction::Forward, 3),
@@ -161,7 +169,11 @@ async fn all_categories_and_types_are_in_commit_order() {
         .await
         .unwrap();
     f.b()
-        .append("order-2", NoStream, vec![ev("o2a", "placed"), ev("o2b", "paid")])
+        .append(
+            "order-2",
+            NoStream,
+            vec![ev("o2a", "placed"), ev("o2b", "paid")],
+        )
         .await
         .unwrap();
     f.b()
@@ -191,10 +203,7 @@ async fn all_categories_and_types_are_in_commit_order() {
         .append("orders-1", NoStream, vec![ev("x", "placed")])
         .await
         .unwrap();
-    let orders = f
-        .b()
-        .read_index(Index::Category("order"), 0, 100)
-        .unwrap();
+    let orders = f.b().read_index(Index::Category("order"), 0, 100).unwrap();
     assert_eq!(orders.events.len(), 4);
     // $all is not a topic users can publish to or delete.
     assert!(matches!(
@@ -332,7 +341,9 @@ async fn metadata_bounds_what_readers_see_and_scavenging_removes_it() {
 #[tokio::test]
 async fn snapshots_keep_the_latest_version() {
     let mut f = Fixture::new();
-    f.append("acct-1", NoStream, &["a", "b", "c"]).await.unwrap();
+    f.append("acct-1", NoStream, &["a", "b", "c"])
+        .await
+        .unwrap();
     let b = f.b();
     assert_eq!(b.load_snapshot("acct-1").unwrap(), None);
     b.save_snapshot("acct-1", 1, json!({"balance": 5}))
@@ -366,7 +377,10 @@ async fn bad_appends_are_refused_whole() {
     let f = Fixture::new();
     for bad in ["", "$all", "a b", "a/b", &"x".repeat(201)] {
         assert!(
-            matches!(f.append(bad, Any, &["a"]).await, Err(Error::InvalidStream(_))),
+            matches!(
+                f.append(bad, Any, &["a"]).await,
+                Err(Error::InvalidStream(_))
+            ),
             "{bad:?}"
         );
     }
@@ -380,7 +394,12 @@ async fn bad_appends_are_refused_whole() {
     ));
     // One invalid event refuses the whole append.
     let mut events = evs(&["a"]);
-    events.push(json!({"specversion": "1.0", "type": "t"}).as_object().unwrap().clone());
+    events.push(
+        json!({"specversion": "1.0", "type": "t"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
     match f.b().append("s-1", Any, events).await {
         Err(Error::InvalidEvent(e)) => assert_eq!(e.attribute, "events[1].source"),
         other => panic!("expected an invalid event, got {other:?}"),
@@ -406,5 +425,8 @@ async fn positions_and_versions_survive_a_reopen() {
     f.reopen();
     let r = f.append("a-1", Exact(1), &["4"]).await.unwrap();
     assert_eq!((r.first_version, r.first_position), (2, 3));
-    assert_eq!(ids(&f.b().read_all(0, 10).unwrap().events), vec!["1", "2", "3", "4"]);
+    assert_eq!(
+        ids(&f.b().read_all(0, 10).unwrap().events),
+        vec!["1", "2", "3", "4"]
+    );
 }
