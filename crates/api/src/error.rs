@@ -64,6 +64,7 @@ pub mod code {
     pub const INVALID_SNAPSHOT: &str = "invalid_snapshot";
     pub const SNAPSHOT_STALE: &str = "snapshot_stale";
     pub const SNAPSHOT_NOT_FOUND: &str = "snapshot_not_found";
+    pub const PROJECTION_NOT_FOUND: &str = "projection_not_found";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -123,6 +124,7 @@ pub mod code {
         INVALID_SNAPSHOT,
         SNAPSHOT_STALE,
         SNAPSHOT_NOT_FOUND,
+        PROJECTION_NOT_FOUND,
     ];
 }
 

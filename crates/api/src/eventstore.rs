@@ -370,6 +370,37 @@ pub(crate) async fn get_snapshot(
     }
 }
 
+// ---- persistent subscriptions ----
+
+pub(crate) async fn put_stream_subscription(
+    State(state): State<AppState>,
+    Path((stream, name)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if stream == ALL {
+        // Every stream: a pattern that matches any stream attribute.
+        return crate::topics::put_event_store_sub(
+            &state,
+            json!([{ "exists": true }]),
+            &name,
+            body,
+        )
+        .await;
+    }
+    validate_stream_name(&stream).map_err(|e| ApiError::bad_request(code::INVALID_STREAM, e))?;
+    crate::topics::put_event_store_sub(&state, json!([stream]), &name, body).await
+}
+
+pub(crate) async fn put_category_subscription(
+    State(state): State<AppState>,
+    Path((category, name)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_category(&category)?;
+    let prefix = format!("{category}-");
+    crate::topics::put_event_store_sub(&state, json!([{ "prefix": prefix }]), &name, body).await
+}
+
 // ---- catch-up subscriptions over SSE ----
 
 /// What a catch-up stream follows.

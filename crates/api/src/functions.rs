@@ -33,6 +33,7 @@ impl From<FnError> for ApiError {
             FnError::AliasNotFound { .. } => (StatusCode::NOT_FOUND, code::ALIAS_NOT_FOUND),
             FnError::VersionInUse { .. } => (StatusCode::CONFLICT, code::VERSION_IN_USE),
             FnError::TriggerNotFound(_) => (StatusCode::NOT_FOUND, code::TRIGGER_NOT_FOUND),
+            FnError::ProjectionNotFound(_) => (StatusCode::NOT_FOUND, code::PROJECTION_NOT_FOUND),
             FnError::FunctionInUse { .. } => (StatusCode::CONFLICT, code::FUNCTION_IN_USE),
             FnError::InvalidSettings(_) => (StatusCode::BAD_REQUEST, code::INVALID_CONFIG),
             FnError::InvalidInvocation(_) => (StatusCode::BAD_REQUEST, code::INVALID_REQUEST),
@@ -501,10 +502,18 @@ pub(crate) async fn state_keys(
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<StateQuery>,
 ) -> Result<Response, ApiError> {
+    state_keys_of(&state, &name, &q)
+}
+
+pub(crate) fn state_keys_of(
+    state: &AppState,
+    function: &str,
+    q: &StateQuery,
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
     let keys = state
         .functions()
-        .state_keys(&name, &q.prefix, q.after.as_deref(), limit)?;
+        .state_keys(function, &q.prefix, q.after.as_deref(), limit)?;
     Ok(ok(json!({ "keys": keys })))
 }
 
@@ -513,7 +522,15 @@ pub(crate) async fn state_get(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    match state.functions().state_get(&name, &key)? {
+    state_value_of(&state, &name, &key)
+}
+
+pub(crate) fn state_value_of(
+    state: &AppState,
+    function: &str,
+    key: &str,
+) -> Result<Response, ApiError> {
+    match state.functions().state_get(function, key)? {
         Some(v) => Ok(Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -522,7 +539,7 @@ pub(crate) async fn state_get(
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             code::KEY_NOT_FOUND,
-            format!("function {name:?} has no state key {key:?}"),
+            format!("function {function:?} has no state key {key:?}"),
         )),
     }
 }

@@ -7,6 +7,7 @@
 mod error;
 mod eventstore;
 mod functions;
+mod projections;
 mod queues;
 mod stream;
 mod topics;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use sluice_broker::Broker;
-use sluice_functions::{Functions, Triggers};
+use sluice_functions::{Functions, Projections, Triggers};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +64,7 @@ struct Inner {
     broker: Broker,
     functions: Functions,
     triggers: Triggers,
+    projections: Projections,
     options: Options,
     long_polls: Arc<Semaphore>,
     /// Cancelled at shutdown: long polls answer at once with what they have.
@@ -75,6 +77,7 @@ impl AppState {
         broker: Broker,
         functions: Functions,
         triggers: Triggers,
+        projections: Projections,
         options: Options,
         shutdown: CancellationToken,
     ) -> Self {
@@ -83,6 +86,7 @@ impl AppState {
                 broker,
                 functions,
                 triggers,
+                projections,
                 long_polls: Arc::new(Semaphore::new(options.long_polls_max)),
                 options,
                 shutdown,
@@ -106,6 +110,10 @@ impl AppState {
 
     fn triggers(&self) -> &Triggers {
         &self.inner.triggers
+    }
+
+    fn projections(&self) -> &Projections {
+        &self.inner.projections
     }
 }
 
@@ -223,6 +231,29 @@ pub fn router(state: AppState) -> Router {
             get(eventstore::tail_category),
         )
         .route("/types/{type}/events", get(eventstore::read_type))
+        .route(
+            "/streams/{stream}/subscriptions/{sub}",
+            put(eventstore::put_stream_subscription),
+        )
+        .route(
+            "/categories/{category}/subscriptions/{sub}",
+            put(eventstore::put_category_subscription),
+        )
+        .route("/projections", get(projections::list))
+        .route(
+            "/projections/{name}",
+            get(projections::get)
+                .put(projections::put)
+                .delete(projections::delete),
+        )
+        .route("/projections/{name}/rebuild", post(projections::rebuild))
+        .route("/projections/{name}/pause", post(projections::pause))
+        .route("/projections/{name}/resume", post(projections::resume))
+        .route("/projections/{name}/state", get(projections::state_keys))
+        .route(
+            "/projections/{name}/state/{key}",
+            get(projections::state_get),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))

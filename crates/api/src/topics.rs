@@ -11,8 +11,8 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_broker::{
-    Broker, Delivery, Error as BrokerError, EventError, PublishOutcome, Start, StoredEvent,
-    SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo, TopicStats,
+    ALL, Broker, Delivery, Error as BrokerError, EventError, PublishOutcome, STREAM_ATTRIBUTE,
+    Start, StoredEvent, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo, TopicStats,
 };
 use sluice_types::Name;
 
@@ -27,10 +27,19 @@ fn topic_name(raw: &str) -> Result<Name, ApiError> {
     resource_name("topic", raw)
 }
 
+/// The topic of a subscription route: a topic, or the event store's `$all`, whose
+/// subscriptions are the event store's persistent subscriptions.
+pub(crate) fn sub_topic(raw: &str) -> Result<String, ApiError> {
+    if raw == ALL {
+        return Ok(ALL.to_owned());
+    }
+    Ok(topic_name(raw)?.to_string())
+}
+
 fn sub_queue(topic: &str, sub: &str) -> Result<String, ApiError> {
-    let t = topic_name(topic)?;
+    let t = sub_topic(topic)?;
     let s = resource_name("subscription", sub)?;
-    Ok(Broker::subscription_queue(t.as_str(), s.as_str()))
+    Ok(Broker::subscription_queue(&t, s.as_str()))
 }
 
 #[derive(Serialize)]
@@ -487,10 +496,10 @@ pub(crate) async fn list_subs(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    let name = topic_name(&raw)?;
+    let name = sub_topic(&raw)?;
     let subs: Vec<SubscriptionView> = state
         .broker()
-        .list_subscriptions(name.as_str())?
+        .list_subscriptions(&name)?
         .into_iter()
         .map(Into::into)
         .collect();
@@ -501,7 +510,7 @@ pub(crate) async fn get_sub(
     State(state): State<AppState>,
     Path((topic, sub)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (t, s) = (topic_name(&topic)?, resource_name("subscription", &sub)?);
+    let (t, s) = (sub_topic(&topic)?, resource_name("subscription", &sub)?);
     let info = state.broker().get_subscription(t.as_str(), s.as_str())?;
     Ok(to_json(StatusCode::OK, &SubscriptionView::from(info)))
 }
@@ -511,7 +520,7 @@ pub(crate) async fn put_sub(
     Path((topic, sub)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (t, s) = (topic_name(&topic)?, resource_name("subscription", &sub)?);
+    let (t, s) = (sub_topic(&topic)?, resource_name("subscription", &sub)?);
     let config: SubscriptionConfig = read_json(&state, body).await?;
     let created = state
         .broker()
@@ -521,11 +530,48 @@ pub(crate) async fn put_sub(
     Ok(to_json(put_status(created), &SubscriptionView::from(info)))
 }
 
+/// Creates or updates a persistent subscription of the event store: a subscription of
+/// `$all` whose filter also selects `selector` (a stream or a category). It starts at the
+/// beginning unless the body says otherwise.
+pub(crate) async fn put_event_store_sub(
+    state: &AppState,
+    selector: Value,
+    sub: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let s = resource_name("subscription", sub)?;
+    let mut raw: Map<String, Value> = read_json(state, body).await?;
+    raw.entry("start").or_insert_with(|| json!("earliest"));
+    match raw.entry("filter").or_insert_with(|| json!({})) {
+        Value::Object(f) => {
+            if f.contains_key(STREAM_ATTRIBUTE) {
+                return Err(ApiError::bad_request(
+                    code::INVALID_FILTER,
+                    "the route selects the stream; filter on other attributes",
+                )
+                .with_extra(json!({ "path": "filter.stream" })));
+            }
+            f.insert(STREAM_ATTRIBUTE.to_owned(), selector);
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                code::INVALID_FILTER,
+                "filter must be a JSON object (an event pattern)",
+            ));
+        }
+    }
+    let config: SubscriptionConfig = serde_json::from_value(Value::Object(raw))
+        .map_err(|e| ApiError::bad_request(code::INVALID_REQUEST, e.to_string()))?;
+    let created = state.broker().put_subscription(ALL, &s, config).await?;
+    let info = state.broker().get_subscription(ALL, s.as_str())?;
+    Ok(to_json(put_status(created), &SubscriptionView::from(info)))
+}
+
 pub(crate) async fn delete_sub(
     State(state): State<AppState>,
     Path((topic, sub)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (t, s) = (topic_name(&topic)?, resource_name("subscription", &sub)?);
+    let (t, s) = (sub_topic(&topic)?, resource_name("subscription", &sub)?);
     state
         .broker()
         .delete_subscription(t.as_str(), s.as_str())
@@ -544,7 +590,7 @@ pub(crate) async fn seek(
     Path((topic, sub)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (t, s) = (topic_name(&topic)?, resource_name("subscription", &sub)?);
+    let (t, s) = (sub_topic(&topic)?, resource_name("subscription", &sub)?);
     let req: SeekRequest = read_json(&state, body).await?;
     let to = parse_position("to", &req.to)?;
     let offset = state.broker().seek(t.as_str(), s.as_str(), to).await?;

@@ -737,6 +737,27 @@ impl Broker {
         Ok(offset)
     }
 
+    /// Moves subscription `sub` of `topic` to `to` and deletes the key-value state of
+    /// `scope`, with no commit in between: a projection's rebuild. Receipts leased before
+    /// are stale afterwards, so nothing folded before can commit onto the emptied state.
+    pub async fn rewind_with_state(
+        &self,
+        topic: &str,
+        sub: &str,
+        to: Start,
+        scope: &str,
+    ) -> Result<u64> {
+        let (offset, ticket, notify) = {
+            let mut engine = self.lock();
+            let (offset, _, notify) = engine.seek(topic, sub, to)?;
+            // The later write's ticket covers the earlier: the journal is in order.
+            (offset, engine.kv_drop(scope)?, notify)
+        };
+        self.shared.store.durable(ticket).await?;
+        notify.notify_waiters();
+        Ok(offset)
+    }
+
     // ---- function state and invocation commits ----
 
     /// The committed value of `key` in the key-value state of `scope` (a function).

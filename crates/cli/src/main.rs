@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod function;
+mod projection;
 mod queue;
 mod stream;
 mod topic;
@@ -47,6 +48,8 @@ enum Command {
     /// Event-store streams: append with an expected version, read, follow, metadata,
     /// delete, snapshots.
     Stream(Box<stream::StreamArgs>),
+    /// Projections: fold a stream, a category or $all into a function's state.
+    Projection(Box<projection::ProjectionArgs>),
     /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -114,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         Command::Topic(args) => runtime.block_on(topic::run_topic(*args)),
         Command::Sub(args) => runtime.block_on(topic::run_sub(*args)),
         Command::Stream(args) => runtime.block_on(stream::run(*args)),
+        Command::Projection(args) => runtime.block_on(projection::run(*args)),
         Command::Fn(args) => runtime.block_on(function::run(*args)),
         Command::Trigger(args) => runtime.block_on(trigger::run(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),

@@ -9,6 +9,7 @@
 pub mod convert;
 mod host;
 pub mod logs;
+pub mod projections;
 pub mod registry;
 pub mod triggers;
 
@@ -27,6 +28,7 @@ use sluice_store::{Keyspace, Store};
 use sluice_types::{Name, SharedClock};
 use tokio::sync::Semaphore;
 
+pub use projections::{ProjectionConfig, ProjectionInfo, ProjectionSource, Projections};
 pub use registry::{FunctionMeta, LIVE, VersionMeta, VersionSettings};
 pub use sluice_runtime::{FailedEvent, RuntimeConfig};
 pub use triggers::{Source, TriggerConfig, TriggerInfo, TriggerStats, Triggers};
@@ -56,6 +58,8 @@ pub enum Error {
     },
     #[error("trigger {0:?} does not exist")]
     TriggerNotFound(String),
+    #[error("projection {0:?} does not exist")]
+    ProjectionNotFound(String),
     #[error("function {name:?} is invoked by triggers {triggers:?}; delete them first")]
     FunctionInUse { name: String, triggers: Vec<String> },
     #[error("{0}")]

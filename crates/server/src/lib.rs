@@ -198,6 +198,12 @@ impl Server {
             broker.clone(),
             cancel.child_token(),
         )?;
+        let projections = sluice_functions::Projections::start(
+            functions.clone(),
+            triggers.clone(),
+            broker.clone(),
+        )
+        .await?;
         let api_mut = config.api.clone();
         let api_options = sluice_api::Options {
             auth_token: config.auth_token.clone(),
@@ -208,6 +214,7 @@ impl Server {
             broker.clone(),
             functions,
             triggers,
+            projections,
             api_options,
             long_polls.clone(),
         );
