@@ -587,3 +587,124 @@ async fn the_stream_commands_append_read_and_manage_streams() {
     let info: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(info["state"], "soft_deleted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_subscriptions_deliver_with_acks_retries_and_a_dead_letter_queue() {
+    let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
+    assert_eq!(s.call("PUT", "/v1/queues/es-dlq", None).await.0, 201);
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/v1/categories/order/subscriptions/billing",
+            Some(json!({"max_attempts": 2, "dead_letter_queue": "es-dlq",
+                        "backoff": {"initial": "0s", "max": "0s"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/v1/streams/order-2/subscriptions/just-two",
+            Some(json!({"filter": {"type": ["placed"]}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The route selects the stream; a filter may not.
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/v1/streams/order-2/subscriptions/bad",
+            Some(json!({"filter": {"stream": ["order-3"]}})),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_filter")));
+    let append = |stream: &'static str, ids: &'static [&'static str], ty: &'static str| {
+        let events: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"specversion": "1.0", "source": "/t", "type": ty, "id": id}))
+            .collect();
+        let body = json!({"events": events});
+        let s = &s;
+        async move {
+            let (status, b) = s
+                .call("POST", &format!("/v1/streams/{stream}/events"), Some(body))
+                .await;
+            assert_eq!(status, 200, "{b}");
+        }
+    };
+    append("order-1", &["a1", "a2"], "placed").await;
+    append("cart-1", &["c1"], "placed").await;
+    append("order-2", &["b1"], "placed").await;
+    append("order-2", &["b2"], "paid").await;
+
+    let receive = |sub: &'static str| {
+        let s = &s;
+        async move {
+            let (status, got) = s
+                .call(
+                    "POST",
+                    &format!("/v1/topics/$all/subscriptions/{sub}/receive"),
+                    Some(json!({"max": 10, "wait": "1s"})),
+                )
+                .await;
+            assert_eq!(status, 200, "{got}");
+            got["messages"].as_array().unwrap().clone()
+        }
+    };
+    let got = receive("billing").await;
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|m| m["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["a1", "a2", "b1", "b2"], "the category, in $all order");
+    assert_eq!(got[0]["event"]["stream"], "order-1");
+    // Ack three, fail one twice: it goes to the dead-letter queue with the reason.
+    let receipts: Vec<&Value> = got[..3].iter().map(|m| &m["receipt"]).collect();
+    let (status, _) = s
+        .call(
+            "POST",
+            "/v1/topics/$all/subscriptions/billing/ack",
+            Some(json!({"receipts": receipts})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for attempt in 0..2 {
+        let receipt = if attempt == 0 {
+            got[3]["receipt"].clone()
+        } else {
+            let again = receive("billing").await;
+            assert_eq!(again.len(), 1);
+            assert_eq!(again[0]["event"]["id"], "b2");
+            again[0]["receipt"].clone()
+        };
+        let (status, _) = s
+            .call(
+                "POST",
+                "/v1/topics/$all/subscriptions/billing/nack",
+                Some(json!({"receipts": [receipt], "reason": "card declined"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (_, dlq) = s
+        .call(
+            "POST",
+            "/v1/queues/es-dlq/receive",
+            Some(json!({"max": 10, "wait": "2s"})),
+        )
+        .await;
+    let dead = dlq["messages"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dlq}");
+    assert!(dead[0].to_string().contains("card declined"), "{dlq}");
+    // The stream subscription sees only its stream, filtered by type.
+    let got = receive("just-two").await;
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|m| m["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["b1"]);
+    let (status, info) = s
+        .call("GET", "/v1/topics/$all/subscriptions/billing", None)
+        .await;
+    assert_eq!(status, 200, "{info}");
+}
