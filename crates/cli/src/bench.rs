@@ -9,6 +9,10 @@
 //!
 //! - W4: a backlog of N messages in a queue drained by a trigger into a function (queue →
 //!   function → ack), at batch sizes 1 and 100; the guest is given with `--guest`.
+//! - ES: the event store: single-event appends with exact expected versions from many
+//!   clients (throughput and latency), appends of 100 events, reads of a stream and of
+//!   `$all`, and a catch-up subscription over SSE; beside them, the disk's own fdatasync
+//!   latency, probed in `--fsync-probe-dir`.
 //!
 //! Client and server share the machine, so the client's own work (JSON, HTTP) is part of
 //! every figure; the report says so.
@@ -31,6 +35,7 @@ pub enum Workload {
     W2,
     W3,
     W4,
+    Es,
     All,
 }
 
@@ -75,6 +80,18 @@ pub struct BenchArgs {
     /// W4: the trigger's max concurrency (invocations in flight share the store's fsyncs).
     #[arg(long, default_value_t = 8)]
     pipeline_concurrency: u32,
+    /// ES: single-event appends in total.
+    #[arg(long, default_value_t = 20_000)]
+    es_single: usize,
+    /// ES: clients appending single events at once, each to its own stream.
+    #[arg(long, default_value_t = 16)]
+    es_clients: usize,
+    /// ES: events appended in batches of 100 (by `--producers` clients, one stream each).
+    #[arg(long, default_value_t = 200_000)]
+    es_batched: usize,
+    /// ES: where to probe the disk's fdatasync latency (the server's disk).
+    #[arg(long, default_value = ".")]
+    fsync_probe_dir: std::path::PathBuf,
     /// Repetitions of each workload; the report gives the median and the range.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -128,6 +145,28 @@ impl Http {
             );
         }
         Ok(())
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self.open(path).await?;
+        Ok(resp.bytes().await.context("reading the response")?.to_vec())
+    }
+
+    /// A GET whose answer is read by the caller (a page, or a stream of events).
+    async fn open(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.context("request to the server")?;
+        if !resp.status().is_success() {
+            bail!(
+                "{path}: HTTP {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(resp)
     }
 
     async fn delete(&self, path: &str) {
@@ -615,6 +654,185 @@ async fn w4(
     Ok(r)
 }
 
+struct Es {
+    single_rate: f64,
+    single_p50_us: u64,
+    single_p99_us: u64,
+    batched_rate: f64,
+    read_stream_rate: f64,
+    read_all_rate: f64,
+    catch_up_rate: f64,
+}
+
+/// The p-th quantile of sorted `l`.
+fn quantile(l: &[u64], p: f64) -> u64 {
+    l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1]
+}
+
+/// An append of `events` (structured CloudEvent texts) at exact `expected`.
+fn append_body(expected: Option<u64>, events: &[String]) -> String {
+    let expected = expected.map_or("\"no_stream\"".to_owned(), |v| v.to_string());
+    format!(
+        "{{\"expected_version\":{expected},\"events\":[{}]}}",
+        events.join(",")
+    )
+}
+
+/// Appends `per_client` requests of `batch` events from `clients` tasks, each to its own
+/// stream with exact expected versions; returns the request latencies in µs.
+async fn es_append(
+    http: &Arc<Http>,
+    prefix: &str,
+    clients: usize,
+    per_client: usize,
+    batch: usize,
+    size: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let http = http.clone();
+        let path = format!("/v1/streams/{prefix}-{c}/events");
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let events: Vec<String> = (0..batch)
+                    .map(|j| w3_event((c * per_client + i) * batch + j, size))
+                    .collect();
+                let expected = (i > 0).then(|| (i * batch - 1) as u64);
+                let body = append_body(expected, &events);
+                let t = Instant::now();
+                http.post(&path, body).await?;
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_unstable();
+    Ok(all)
+}
+
+#[derive(Deserialize)]
+struct EsPage<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a serde_json::value::RawValue>,
+    next: Option<u64>,
+}
+
+/// Reads `path` (a stream's or `$all`'s events route) from `from` to its end, a page of
+/// 1,000 at a time; returns how many events.
+async fn es_read(http: &Arc<Http>, path: &str, mut from: u64) -> anyhow::Result<usize> {
+    let mut n = 0;
+    loop {
+        let body = http
+            .get(&format!("{path}?from={from}&limit=1000"))
+            .await?;
+        let page: EsPage = serde_json::from_slice(&body).context("parsing a page")?;
+        n += page.events.len();
+        // A stream's last page has no next; `$all` ends with an empty page.
+        match page.next {
+            Some(next) if !page.events.is_empty() => from = next,
+            _ => return Ok(n),
+        }
+    }
+}
+
+/// Follows `path` (an SSE route) until `total` events arrived.
+async fn es_catch_up(http: &Arc<Http>, path: &str, total: usize) -> anyhow::Result<()> {
+    let mut resp = http.open(path).await?;
+    let mut seen = 0;
+    let mut tail = Vec::new();
+    while seen < total {
+        let chunk = resp
+            .chunk()
+            .await
+            .context("reading the stream")?
+            .context("the stream ended early")?;
+        tail.extend_from_slice(&chunk);
+        // Count whole frames: each ends with a blank line.
+        let mut start = 0;
+        while let Some(i) = tail[start..].windows(2).position(|w| w == b"\n\n") {
+            let frame = &tail[start..start + i];
+            if frame.starts_with(b"id:") || frame.windows(4).any(|w| w == b"\nid:") {
+                seen += 1;
+            }
+            start += i + 2;
+        }
+        tail.drain(..start);
+    }
+    Ok(())
+}
+
+async fn es(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<Es> {
+    let prefix = format!("bench{}r{run}", std::process::id());
+    let clients = args.es_clients.max(1);
+    let per = (args.es_single / clients).max(1);
+    let t = Instant::now();
+    let lat = es_append(http, &format!("{prefix}single"), clients, per, 1, args.size).await?;
+    let single_rate = rate(clients * per, t.elapsed());
+    let batches = (args.es_batched / 100 / args.producers).max(1);
+    let t = Instant::now();
+    es_append(
+        http,
+        &format!("{prefix}batch"),
+        args.producers,
+        batches,
+        100,
+        args.size,
+    )
+    .await?;
+    let batched_rate = rate(args.producers * batches * 100, t.elapsed());
+    let stream = format!("/v1/streams/{prefix}batch-0/events");
+    let t = Instant::now();
+    let n = es_read(http, &stream, 0).await?;
+    let read_stream_rate = rate(n, t.elapsed());
+    let t = Instant::now();
+    // All of `$all`, earlier runs' events included: a rate, whatever the count.
+    let n = es_read(http, "/v1/streams/$all/events", 0).await?;
+    let read_all_rate = rate(n, t.elapsed());
+    let t = Instant::now();
+    es_catch_up(
+        http,
+        &format!("/v1/streams/{prefix}batch-0/stream?from=0"),
+        batches * 100,
+    )
+    .await?;
+    let catch_up_rate = rate(batches * 100, t.elapsed());
+    Ok(Es {
+        single_rate,
+        single_p50_us: quantile(&lat, 0.50),
+        single_p99_us: quantile(&lat, 0.99),
+        batched_rate,
+        read_stream_rate,
+        read_all_rate,
+        catch_up_rate,
+    })
+}
+
+/// The disk's fdatasync latency in `dir`: 2,000 rounds of a 4 KiB write and a sync, as
+/// sorted µs.
+fn fsync_probe(dir: &std::path::Path) -> anyhow::Result<Vec<u64>> {
+    use std::io::Write;
+    let path = dir.join(format!(".sluice-fsync-probe-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let block = vec![7u8; 4096];
+    let mut lat = Vec::with_capacity(2_000);
+    for _ in 0..2_000 {
+        f.write_all(&block)?;
+        let t = Instant::now();
+        f.sync_data()?;
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    lat.sort_unstable();
+    Ok(lat)
+}
+
 /// Median, min and max of `v`.
 fn summary(v: &[f64]) -> Value {
     let mut s = v.to_vec();
@@ -767,6 +985,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             out[format!("batch_{batch}")] = json!({"messages": n, "events_per_s": summary(&rates)});
         }
         report["w4"] = out;
+    }
+    if matches!(args.workload, Workload::Es) {
+        let fsync = fsync_probe(&args.fsync_probe_dir)?;
+        let mut m: [Vec<f64>; 7] = Default::default();
+        for run in 0..args.runs {
+            let r = es(&http, &args, run).await?;
+            if human {
+                eprintln!(
+                    "ES run {}: single appends {:.0} events/s (p50 {} µs, p99 {} µs), batched {:.0} events/s, read stream {:.0}/s, read $all {:.0}/s, catch-up {:.0}/s",
+                    run + 1,
+                    r.single_rate,
+                    r.single_p50_us,
+                    r.single_p99_us,
+                    r.batched_rate,
+                    r.read_stream_rate,
+                    r.read_all_rate,
+                    r.catch_up_rate
+                );
+            }
+            for (v, x) in m.iter_mut().zip([
+                r.single_rate,
+                r.single_p50_us as f64,
+                r.single_p99_us as f64,
+                r.batched_rate,
+                r.read_stream_rate,
+                r.read_all_rate,
+                r.catch_up_rate,
+            ]) {
+                v.push(x);
+            }
+        }
+        report["es"] = json!({
+            "single_clients": args.es_clients,
+            "single_events": args.es_single,
+            "batched_events": args.es_batched,
+            "batched_clients": args.producers,
+            "single_events_per_s": summary(&m[0]),
+            "single_p50_us": summary(&m[1]),
+            "single_p99_us": summary(&m[2]),
+            "batched_events_per_s": summary(&m[3]),
+            "read_stream_events_per_s": summary(&m[4]),
+            "read_all_events_per_s": summary(&m[5]),
+            "catch_up_events_per_s": summary(&m[6]),
+            "disk_fdatasync_p50_us": quantile(&fsync, 0.50),
+            "disk_fdatasync_p99_us": quantile(&fsync, 0.99),
+        });
     }
     println!(
         "{}",

@@ -398,17 +398,6 @@ impl Engine {
                 })?;
             ev.value
                 .insert(STREAM_ATTRIBUTE.into(), Value::String(stream.to_owned()));
-            ev.value
-                .insert(VERSION_ATTRIBUTE.into(), Value::from(u64::MAX));
-            let size = serde_json::to_vec(&ev.value)
-                .expect("a JSON object serializes")
-                .len();
-            if size > EVENT_SIZE_MAX {
-                return Err(Error::EventTooLarge {
-                    size,
-                    max: EVENT_SIZE_MAX as u64,
-                });
-            }
             normalized.push(ev);
         }
         let mut rec = self
@@ -437,14 +426,25 @@ impl Engine {
             }
             Decision::Append { first } => first,
         };
+        // Every event as stored, each checked before anything changes.
+        let mut stored = Vec::with_capacity(normalized.len());
+        for (i, mut ev) in normalized.into_iter().enumerate() {
+            ev.value
+                .insert(VERSION_ATTRIBUTE.into(), Value::from(first + i as u64));
+            let json = serde_json::to_vec(&ev.value).expect("a JSON object serializes");
+            if json.len() > EVENT_SIZE_MAX {
+                return Err(Error::EventTooLarge {
+                    size: json.len(),
+                    max: EVENT_SIZE_MAX as u64,
+                });
+            }
+            stored.push((ev, json));
+        }
         let category = es::category(stream);
         let tid = self.topic(ALL)?.tid;
         let mut first_position = 0;
-        for (i, mut ev) in normalized.into_iter().enumerate() {
+        for (i, (ev, json)) in stored.into_iter().enumerate() {
             let version = first + i as u64;
-            ev.value
-                .insert(VERSION_ATTRIBUTE.into(), Value::from(version));
-            let json = serde_json::to_vec(&ev.value).expect("a JSON object serializes");
             let t = self.topic_mut(ALL)?;
             let position = t.counters.next_offset;
             t.counters.next_offset += 1;
