@@ -727,9 +727,7 @@ struct EsPage<'a> {
 async fn es_read(http: &Arc<Http>, path: &str, mut from: u64) -> anyhow::Result<usize> {
     let mut n = 0;
     loop {
-        let body = http
-            .get(&format!("{path}?from={from}&limit=1000"))
-            .await?;
+        let body = http.get(&format!("{path}?from={from}&limit=1000")).await?;
         let page: EsPage = serde_json::from_slice(&body).context("parsing a page")?;
         n += page.events.len();
         // A stream's last page has no next; `$all` ends with an empty page.
@@ -817,8 +815,8 @@ async fn es(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<Es
 fn fsync_probe(dir: &std::path::Path) -> anyhow::Result<Vec<u64>> {
     use std::io::Write;
     let path = dir.join(format!(".sluice-fsync-probe-{}", std::process::id()));
-    let mut f = std::fs::File::create(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let block = vec![7u8; 4096];
     let mut lat = Vec::with_capacity(2_000);
     for _ in 0..2_000 {

@@ -617,7 +617,10 @@ async fn persistent_subscriptions_deliver_with_acks_retries_and_a_dead_letter_qu
             Some(json!({"filter": {"stream": ["order-3"]}})),
         )
         .await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_filter")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_filter"))
+    );
     let append = |stream: &'static str, ids: &'static [&'static str], ty: &'static str| {
         let events: Vec<Value> = ids
             .iter()
@@ -656,7 +659,11 @@ async fn persistent_subscriptions_deliver_with_acks_retries_and_a_dead_letter_qu
         .iter()
         .map(|m| m["event"]["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, vec!["a1", "a2", "b1", "b2"], "the category, in $all order");
+    assert_eq!(
+        ids,
+        vec!["a1", "a2", "b1", "b2"],
+        "the category, in $all order"
+    );
     assert_eq!(got[0]["event"]["stream"], "order-1");
     // Ack three, fail one twice: it goes to the dead-letter queue with the reason.
     let receipts: Vec<&Value> = got[..3].iter().map(|m| &m["receipt"]).collect();

@@ -170,7 +170,11 @@ async fn a_projection_folds_each_event_once_across_crashes_and_rebuilds_to_the_s
     assert_eq!(incremental["orders"], json!(open), "{incremental:?}");
     // Every event folded once: a duplicate or a loss would change this count.
     let cancels = ORDERS.div_ceil(4);
-    assert_eq!(incremental["events"], json!(ORDERS + cancels), "{incremental:?}");
+    assert_eq!(
+        incremental["events"],
+        json!(ORDERS + cancels),
+        "{incremental:?}"
+    );
     for (sku, amount) in &revenue {
         let got = incremental[&format!("revenue:{sku}")].as_f64().unwrap();
         assert!(
