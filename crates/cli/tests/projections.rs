@@ -65,6 +65,20 @@ fn cancelled(id: &str) -> Value {
            "data": {}})
 }
 
+fn sluice(s: &TestServer, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("SLUICE_SERVER", s.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn wait_caught_up(s: &TestServer, name: &str, rebuilds: u64) -> Value {
     for _ in 0..1_200 {
         let (status, p) = s
@@ -188,6 +202,21 @@ async fn a_projection_folds_each_event_once_across_crashes_and_rebuilds_to_the_s
             .filter(|k| k.starts_with("order:"))
             .count() as u64,
         ORDERS
+    );
+
+    // The command line sees the same.
+    let out = sluice(&s, &["projection", "get", "totals", "--output", "json"]);
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (p["lag"].as_u64(), p["source"]["category"].as_str()),
+        (Some(0), Some("order"))
+    );
+    let out = sluice(&s, &["projection", "state", "totals", "orders"]);
+    assert_eq!(out.trim(), open.to_string());
+    let out = sluice(&s, &["projection", "list"]);
+    assert!(
+        out.starts_with("totals  category order → order-totals@live"),
+        "{out}"
     );
 
     // Rebuilt from scratch: the same state.
