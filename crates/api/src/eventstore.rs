@@ -6,33 +6,27 @@
 //! "event"}`, where `event` is the CloudEvent as stored (with its `stream` and
 //! `streamversion` attributes).
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_broker::{
     ALL, Direction, Error as BrokerError, ExpectedVersion, GlobalPage, Index, READ_MAX,
     RecordedEvent, StreamInfo, StreamMetadata, StreamState, validate_stream_name,
 };
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::queues::to_json;
-use crate::{ApiError, AppState, code, json_response, long_poll_permit, read_json};
+use crate::{ApiError, AppState, code, json_response, read_json};
 
 const PAGE_DEFAULT: usize = 100;
 /// Events read per step of a catch-up stream.
 const STEP: usize = 256;
-/// Longest wait for new events before a catch-up stream checks again.
-const IDLE: Duration = Duration::from_secs(15);
 
 /// A query string parsed into `T`, or a problem+json naming what is wrong with it.
 pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -410,13 +404,11 @@ enum Source {
     Category(String),
 }
 
+/// Where a catch-up stream stands.
 struct Tail {
-    state: AppState,
     source: Source,
     /// The next version (a stream) or position (`$all`, a category) to send.
     next: u64,
-    _permit: OwnedSemaphorePermit,
-    pending: std::vec::IntoIter<Event>,
 }
 
 #[derive(Deserialize)]
@@ -482,8 +474,8 @@ pub(crate) async fn tail_category(
 
 /// Reads what is there from `tail.next`; `None` ends the SSE stream. Returns the SSE events
 /// and whether more are already stored.
-fn step(tail: &mut Tail) -> Option<(Vec<Event>, bool)> {
-    let b = tail.state.broker();
+fn step(state: &AppState, tail: &mut Tail) -> Option<(Vec<Event>, bool)> {
+    let b = state.broker();
     let (events, more) = match &tail.source {
         Source::Stream(s) => {
             match b.read_stream(s, Some(tail.next), Direction::Forward, STEP) {
@@ -528,43 +520,10 @@ fn step(tail: &mut Tail) -> Option<(Vec<Event>, bool)> {
 }
 
 fn open(state: AppState, source: Source, next: u64) -> Result<Response, ApiError> {
-    let tail = Tail {
-        _permit: long_poll_permit(&state)?,
+    crate::stream::follow(
         state,
-        source,
-        next,
-        pending: Vec::new().into_iter(),
-    };
-    let events = stream::unfold(tail, |mut tail| async move {
-        loop {
-            if let Some(e) = tail.pending.next() {
-                return Some((Ok::<_, Infallible>(e), tail));
-            }
-            let shutdown = tail.state.inner.shutdown.clone();
-            if shutdown.is_cancelled() {
-                return None;
-            }
-            // Registered before reading, so an append right after the read still wakes us.
-            let waker = tail.state.broker().streams_waker();
-            let notified = waker.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (batch, more) = step(&mut tail)?;
-            if !batch.is_empty() {
-                tail.pending = batch.into_iter();
-                continue;
-            }
-            if more {
-                continue;
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(IDLE) => {}
-                _ = shutdown.cancelled() => return None,
-            }
-        }
-    });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(IDLE))
-        .into_response())
+        Tail { source, next },
+        |state, _| Some(state.broker().streams_waker()),
+        step,
+    )
 }

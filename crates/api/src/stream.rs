@@ -1,5 +1,6 @@
 //! Live push: Server-Sent Events of a topic's events, or of the events a subscription's
-//! filter selects, as they are published. Each SSE `id` is the event's offset, so a client
+//! filter selects, as they are published; and the SSE loop the event store's catch-up
+//! streams share. Each SSE `id` is the event's offset, so a client
 //! that reconnects with `Last-Event-ID` resumes right after the last event it saw.
 
 use std::convert::Infallible;
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_broker::{Filter, Start};
+use sluice_broker::{Filter, Start, Waker};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::queues::resource_name;
@@ -31,11 +32,9 @@ pub(crate) struct StreamQuery {
     filter: Option<String>,
 }
 
-struct Tail {
+struct Tail<T> {
     state: AppState,
-    topic: String,
-    next: u64,
-    filter: Filter,
+    position: T,
     /// Held while the stream is open: streams count against the long-poll limit.
     _permit: OwnedSemaphorePermit,
     pending: std::vec::IntoIter<Event>,
@@ -135,16 +134,63 @@ pub(crate) async fn subscription_stream(
     open(state, topic.to_string(), next, filter)
 }
 
+/// Where a topic's live stream stands.
+struct TopicTail {
+    topic: String,
+    next: u64,
+    filter: Filter,
+}
+
 fn open(state: AppState, topic: String, next: u64, filter: Filter) -> Result<Response, ApiError> {
-    let tail = Tail {
-        _permit: long_poll_permit(&state)?,
-        state,
+    let tail = TopicTail {
         topic,
         next,
         filter,
+    };
+    follow(
+        state,
+        tail,
+        |state, t| state.broker().topic_waker(&t.topic).ok(),
+        |state, t| {
+            let page = state
+                .broker()
+                .read_events(&t.topic, Start::Offset(t.next), STEP)
+                .ok()?;
+            t.next = page.next;
+            let full = page.events.len() == STEP;
+            let mut batch = Vec::new();
+            for e in page.events {
+                if t.filter.matches_json(&e.event).unwrap_or(false) {
+                    let data = String::from_utf8(e.event).unwrap_or_default();
+                    batch.push(Event::default().id(e.offset.to_string()).data(data));
+                }
+            }
+            // Only non-matching events in a full page: more are already in the log.
+            Some((batch, full))
+        },
+    )
+}
+
+/// What a live stream reads next: the SSE events it has now, and whether more are already
+/// stored (read again at once instead of waiting); `None` ends the stream.
+pub(crate) type Step<T> = fn(&AppState, &mut T) -> Option<(Vec<Event>, bool)>;
+
+/// Serves Server-Sent Events: sends what `step` reads, and when it reads nothing, waits for
+/// the waker `waker` gives (registered before the read, so a write right after the read
+/// still wakes the stream), for `IDLE`, or for shutdown. Holds a long-poll permit while open.
+pub(crate) fn follow<T: Send + 'static>(
+    state: AppState,
+    position: T,
+    waker: fn(&AppState, &T) -> Option<Waker>,
+    step: Step<T>,
+) -> Result<Response, ApiError> {
+    let tail = Tail {
+        _permit: long_poll_permit(&state)?,
+        state,
+        position,
         pending: Vec::new().into_iter(),
     };
-    let events = stream::unfold(tail, |mut tail| async move {
+    let events = stream::unfold(tail, move |mut tail| async move {
         loop {
             if let Some(e) = tail.pending.next() {
                 return Some((Ok::<_, Infallible>(e), tail));
@@ -153,30 +199,16 @@ fn open(state: AppState, topic: String, next: u64, filter: Filter) -> Result<Res
             if shutdown.is_cancelled() {
                 return None;
             }
-            let waker = tail.state.broker().topic_waker(&tail.topic).ok()?;
+            let waker = waker(&tail.state, &tail.position)?;
             let notified = waker.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let page = tail
-                .state
-                .broker()
-                .read_events(&tail.topic, Start::Offset(tail.next), STEP)
-                .ok()?;
-            tail.next = page.next;
-            let full = page.events.len() == STEP;
-            let mut batch = Vec::new();
-            for e in page.events {
-                if tail.filter.matches_json(&e.event).unwrap_or(false) {
-                    let data = String::from_utf8(e.event).unwrap_or_default();
-                    batch.push(Event::default().id(e.offset.to_string()).data(data));
-                }
-            }
+            let (batch, more) = step(&tail.state, &mut tail.position)?;
             if !batch.is_empty() {
                 tail.pending = batch.into_iter();
                 continue;
             }
-            if full {
-                // Only non-matching events so far; more are already in the log.
+            if more {
                 continue;
             }
             tokio::select! {

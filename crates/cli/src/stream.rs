@@ -27,22 +27,8 @@ enum StreamCommand {
         /// any, no_stream, exists, or the version the stream must be at.
         #[arg(long, default_value = "any")]
         expected_version: String,
-        /// Event type.
-        #[arg(long = "type")]
-        ty: Option<String>,
-        /// Event source.
-        #[arg(long, default_value = "/sluice/cli")]
-        source: String,
-        #[arg(long)]
-        subject: Option<String>,
-        /// Event id: give one so that a retried append is recognised (default: generated).
-        #[arg(long)]
-        id: Option<String>,
-        /// Data: JSON (text that is not JSON is sent as a string).
-        #[arg(long)]
-        data: Option<String>,
-        #[arg(long)]
-        file: Option<String>,
+        #[command(flatten)]
+        events: EventArgs,
     },
     /// Print a page of a stream ('$all' for every stream in commit order), of a category,
     /// or of an event type.
@@ -147,22 +133,9 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<()> {
         StreamCommand::Append {
             stream,
             expected_version,
-            ty,
-            source,
-            subject,
-            id,
-            data,
-            file,
+            events,
         } => {
-            let events = EventArgs {
-                ty,
-                source,
-                subject,
-                id,
-                data,
-                file,
-            }
-            .collect()?;
+            let events = events.collect()?;
             if events.is_empty() {
                 bail!("nothing to append: give --type (and --data) or --file");
             }
