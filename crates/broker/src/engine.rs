@@ -153,6 +153,8 @@ pub(crate) struct Engine {
     queues: HashMap<String, QueueState>,
     names: HashMap<u64, String>,
     next_seq: u64,
+    /// The sequence counter as last written: batches that take no sequence skip the key.
+    persisted_seq: u64,
     next_qid: u64,
     rng: StdRng,
     /// Queues whose counters changed in the batch being built.
@@ -195,6 +197,7 @@ impl Engine {
             queues: HashMap::new(),
             names: HashMap::new(),
             next_seq,
+            persisted_seq: next_seq,
             next_qid,
             rng: match seed {
                 Some(s) => StdRng::seed_from_u64(s),
@@ -460,8 +463,8 @@ impl Engine {
         }
     }
 
-    /// Writes the batch with every dirty queue's and topic's counters and the sequence
-    /// counters.
+    /// Writes the batch with every dirty queue's and topic's counters and, if it moved, the
+    /// message sequence counter.
     fn write(&mut self, mut batch: Batch) -> Result<Ticket> {
         for qid in self.dirty.drain() {
             if let Some(q) = self.names.get(&qid).and_then(|n| self.queues.get(n)) {
@@ -477,12 +480,19 @@ impl Engine {
                 );
             }
         }
-        batch.put(
-            &self.ks.meta,
-            SEQ_KEY.to_vec(),
-            self.next_seq.to_le_bytes().to_vec(),
-        );
-        Ok(self.store.write(batch)?)
+        let seq_changed = self.next_seq != self.persisted_seq;
+        if seq_changed {
+            batch.put(
+                &self.ks.meta,
+                SEQ_KEY.to_vec(),
+                self.next_seq.to_le_bytes().to_vec(),
+            );
+        }
+        let ticket = self.store.write(batch)?;
+        if seq_changed {
+            self.persisted_seq = self.next_seq;
+        }
+        Ok(ticket)
     }
 
     pub(crate) fn notify_handle(&self, name: &str) -> Result<Waker> {

@@ -159,7 +159,8 @@ impl GroupCommit {
 struct JournalSync {
     db: Database,
     dir: PathBuf,
-    active: Option<(PathBuf, File)>,
+    /// The journal file synced last: its number, path and descriptor.
+    active: Option<(u64, PathBuf, File)>,
 }
 
 impl JournalSync {
@@ -175,25 +176,33 @@ impl JournalSync {
         self.db
             .persist(PersistMode::Buffer)
             .map_err(|e| e.to_string())?;
-        let Some(newest) = newest_journal(&self.dir) else {
-            return self
-                .db
-                .persist(PersistMode::SyncData)
-                .map_err(|e| e.to_string());
+        // The engine rotates from `N.jnl` to `N+1.jnl`, creating the new file (after syncing
+        // the old one) before anything is written to it. So if `N+1.jnl` does not exist now,
+        // after the flush, every write so far is in `N.jnl` or in a journal already synced:
+        // one stat instead of listing the directory on every sync.
+        let rotated = match &self.active {
+            Some((n, _, _)) => self.dir.join(format!("{}.jnl", n + 1)).exists(),
+            None => true,
         };
-        if self.active.as_ref().is_none_or(|(p, _)| *p != newest) {
+        if rotated {
+            let Some((n, newest)) = newest_journal(&self.dir) else {
+                return self
+                    .db
+                    .persist(PersistMode::SyncData)
+                    .map_err(|e| e.to_string());
+            };
             let file =
                 File::open(&newest).map_err(|e| format!("opening {}: {e}", newest.display()))?;
-            self.active = Some((newest, file));
+            self.active = Some((n, newest, file));
         }
-        let (path, file) = self.active.as_ref().expect("set above");
+        let (_, path, file) = self.active.as_ref().expect("set above");
         file.sync_data()
             .map_err(|e| format!("fdatasync {}: {e}", path.display()))
     }
 }
 
 /// The journal file with the highest number (`N.jnl`) in `dir`: the one taking writes.
-fn newest_journal(dir: &Path) -> Option<PathBuf> {
+fn newest_journal(dir: &Path) -> Option<(u64, PathBuf)> {
     std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
@@ -203,7 +212,6 @@ fn newest_journal(dir: &Path) -> Option<PathBuf> {
             Some((n, e.path()))
         })
         .max_by_key(|(n, _)| *n)
-        .map(|(_, p)| p)
 }
 
 fn sync_loop(
@@ -271,13 +279,32 @@ mod tests {
         // its own (lock-holding) persist; this test notices that first.
         let dir = tempfile::tempdir().unwrap();
         let _store = crate::Store::open(dir.path(), crate::Options::default()).unwrap();
-        let newest = newest_journal(dir.path()).expect("an active journal file");
-        assert_eq!(newest.file_name().unwrap(), "0.jnl");
+        let (n, newest) = newest_journal(dir.path()).expect("an active journal file");
+        assert_eq!(
+            (n, newest.file_name().unwrap().to_str().unwrap()),
+            (0, "0.jnl")
+        );
         std::fs::write(dir.path().join("7.jnl"), b"").unwrap();
         std::fs::write(dir.path().join("10.jnl.tmp"), b"").unwrap();
         assert_eq!(
-            newest_journal(dir.path()).unwrap().file_name().unwrap(),
+            newest_journal(dir.path()).unwrap().1.file_name().unwrap(),
             "7.jnl"
         );
+    }
+
+    #[test]
+    fn a_sync_follows_the_engine_to_its_next_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path(), crate::Options::default()).unwrap();
+        let mut journal = JournalSync::new(store.inner.db.clone(), dir.path().to_path_buf());
+        journal.sync().unwrap();
+        assert_eq!(journal.active.as_ref().map(|(n, _, _)| *n), Some(0));
+        // No N+1 yet: the same file, without listing the directory.
+        journal.sync().unwrap();
+        assert_eq!(journal.active.as_ref().map(|(n, _, _)| *n), Some(0));
+        // A rotation creates N+1 before writing to it; the next sync syncs that one.
+        std::fs::write(dir.path().join("1.jnl"), b"").unwrap();
+        journal.sync().unwrap();
+        assert_eq!(journal.active.as_ref().map(|(n, _, _)| *n), Some(1));
     }
 }
