@@ -86,9 +86,12 @@ pub struct BenchArgs {
     /// ES: clients appending single events at once, each to its own stream.
     #[arg(long, default_value_t = 16)]
     es_clients: usize,
-    /// ES: events appended in batches of 100 (by `--producers` clients, one stream each).
+    /// ES: events appended in batches of 100.
     #[arg(long, default_value_t = 200_000)]
     es_batched: usize,
+    /// ES: clients appending batches at once, each to its own stream.
+    #[arg(long, default_value_t = 4)]
+    es_batch_clients: usize,
     /// ES: where to probe the disk's fdatasync latency (the server's disk).
     #[arg(long, default_value = ".")]
     fsync_probe_dir: std::path::PathBuf,
@@ -822,18 +825,19 @@ async fn es(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<Es
     let t = Instant::now();
     let lat = es_append(http, &format!("{prefix}single"), clients, per, 1, args.size).await?;
     let single_rate = rate(clients * per, t.elapsed());
-    let batches = (args.es_batched / 100 / args.producers).max(1);
+    let batch_clients = args.es_batch_clients.max(1);
+    let batches = (args.es_batched / 100 / batch_clients).max(1);
     let t = Instant::now();
     es_append(
         http,
         &format!("{prefix}batch"),
-        args.producers,
+        batch_clients,
         batches,
         100,
         args.size,
     )
     .await?;
-    let batched_rate = rate(args.producers * batches * 100, t.elapsed());
+    let batched_rate = rate(batch_clients * batches * 100, t.elapsed());
     let stream = format!("/v1/streams/{prefix}batch-0/events");
     let t = Instant::now();
     let n = es_read(http, &stream, 0).await?;
@@ -1069,7 +1073,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "single_clients": args.es_clients,
             "single_events": args.es_single,
             "batched_events": args.es_batched,
-            "batched_clients": args.producers,
+            "batched_clients": args.es_batch_clients,
             "single_events_per_s": summary(&m[0]),
             "single_p50_us": summary(&m[1]),
             "single_p99_us": summary(&m[2]),
