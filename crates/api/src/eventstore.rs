@@ -419,20 +419,10 @@ pub(crate) struct TailQuery {
 
 /// `Last-Event-ID` (the last version or position a client saw) wins over `from`.
 fn resume_from(headers: &HeaderMap, from: Option<u64>) -> Result<u64, ApiError> {
-    if let Some(last) = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-    {
-        let n: u64 = last.trim().parse().map_err(|_| {
-            ApiError::bad_request(
-                code::INVALID_REQUEST,
-                format!("Last-Event-ID {last:?} is not a version or position this server sent"),
-            )
-        })?;
-        return Ok(n + 1);
-    }
-    Ok(from.unwrap_or(0))
+    Ok(match crate::stream::last_event_id(headers)? {
+        Some(n) => n + 1,
+        None => from.unwrap_or(0),
+    })
 }
 
 pub(crate) async fn tail_stream(

@@ -40,19 +40,27 @@ struct Tail<T> {
     pending: std::vec::IntoIter<Event>,
 }
 
-/// `Last-Event-ID` wins over `from`: a reconnecting client resumes after its last event.
-fn start_from(headers: &HeaderMap, from: Option<&str>, default: Start) -> Result<Start, ApiError> {
-    if let Some(last) = headers
+/// The `Last-Event-ID` a reconnecting client sent: the id (offset, version or position) of
+/// the last event it saw.
+pub(crate) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(last) = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.trim().is_empty())
-    {
-        let n: u64 = last.trim().parse().map_err(|_| {
-            ApiError::bad_request(
-                code::INVALID_REQUEST,
-                format!("Last-Event-ID {last:?} is not an offset this server sent"),
-            )
-        })?;
+    else {
+        return Ok(None);
+    };
+    last.trim().parse().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            code::INVALID_REQUEST,
+            format!("Last-Event-ID {last:?} is not an event id this server sent"),
+        )
+    })
+}
+
+/// `Last-Event-ID` wins over `from`: a reconnecting client resumes after its last event.
+fn start_from(headers: &HeaderMap, from: Option<&str>, default: Start) -> Result<Start, ApiError> {
+    if let Some(n) = last_event_id(headers)? {
         return Ok(Start::Offset(n + 1));
     }
     match from {
