@@ -65,6 +65,8 @@ pub mod code {
     pub const SNAPSHOT_STALE: &str = "snapshot_stale";
     pub const SNAPSHOT_NOT_FOUND: &str = "snapshot_not_found";
     pub const PROJECTION_NOT_FOUND: &str = "projection_not_found";
+    pub const INVALID_SAGA: &str = "invalid_saga";
+    pub const SAGA_DEFINITION_NOT_FOUND: &str = "saga_definition_not_found";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -125,6 +127,8 @@ pub mod code {
         SNAPSHOT_STALE,
         SNAPSHOT_NOT_FOUND,
         PROJECTION_NOT_FOUND,
+        INVALID_SAGA,
+        SAGA_DEFINITION_NOT_FOUND,
     ];
 }
 

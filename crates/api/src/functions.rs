@@ -34,6 +34,10 @@ impl From<FnError> for ApiError {
             FnError::VersionInUse { .. } => (StatusCode::CONFLICT, code::VERSION_IN_USE),
             FnError::TriggerNotFound(_) => (StatusCode::NOT_FOUND, code::TRIGGER_NOT_FOUND),
             FnError::ProjectionNotFound(_) => (StatusCode::NOT_FOUND, code::PROJECTION_NOT_FOUND),
+            FnError::InvalidSaga { .. } => (StatusCode::BAD_REQUEST, code::INVALID_SAGA),
+            FnError::SagaDefinitionNotFound(_) => {
+                (StatusCode::NOT_FOUND, code::SAGA_DEFINITION_NOT_FOUND)
+            }
             FnError::FunctionInUse { .. } => (StatusCode::CONFLICT, code::FUNCTION_IN_USE),
             FnError::InvalidSettings(_) => (StatusCode::BAD_REQUEST, code::INVALID_CONFIG),
             FnError::InvalidInvocation(_) => (StatusCode::BAD_REQUEST, code::INVALID_REQUEST),
@@ -57,6 +61,7 @@ impl From<FnError> for ApiError {
             FnError::FunctionInUse { triggers, .. } => {
                 err.with_extra(json!({ "triggers": triggers }))
             }
+            FnError::InvalidSaga { field, .. } => err.with_extra(json!({ "field": field })),
             _ => err,
         }
     }

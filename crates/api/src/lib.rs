@@ -9,6 +9,7 @@ mod eventstore;
 mod functions;
 mod projections;
 mod queues;
+mod sagas;
 mod stream;
 mod topics;
 
@@ -239,6 +240,13 @@ pub fn router(state: AppState) -> Router {
             "/categories/{category}/subscriptions/{sub}",
             put(eventstore::put_category_subscription),
         )
+        .route("/sagas/definitions", get(sagas::list_definitions))
+        .route(
+            "/sagas/definitions/{name}",
+            get(sagas::get_definition)
+                .put(sagas::put_definition)
+                .delete(sagas::delete_definition),
+        )
         .route("/projections", get(projections::list))
         .route(
             "/projections/{name}",
@@ -463,6 +471,8 @@ mod tests {
             "/v1/projections/{name}/resume",
             "/v1/projections/{name}/state",
             "/v1/projections/{name}/state/{key}",
+            "/v1/sagas/definitions",
+            "/v1/sagas/definitions/{name}",
         ] {
             assert!(
                 paths.contains_key(route),

@@ -6,6 +6,7 @@ mod client;
 mod function;
 mod projection;
 mod queue;
+mod saga;
 mod stream;
 mod topic;
 mod trigger;
@@ -50,6 +51,8 @@ enum Command {
     Stream(Box<stream::StreamArgs>),
     /// Projections: fold a stream, a category or $all into a function's state.
     Projection(Box<projection::ProjectionArgs>),
+    /// Sagas: definitions (versioned) of ordered steps with compensations.
+    Saga(Box<saga::SagaArgs>),
     /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -118,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sub(args) => runtime.block_on(topic::run_sub(*args)),
         Command::Stream(args) => runtime.block_on(stream::run(*args)),
         Command::Projection(args) => runtime.block_on(projection::run(*args)),
+        Command::Saga(args) => runtime.block_on(saga::run(*args)),
         Command::Fn(args) => runtime.block_on(function::run(*args)),
         Command::Trigger(args) => runtime.block_on(trigger::run(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),

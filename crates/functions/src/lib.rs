@@ -11,6 +11,7 @@ mod host;
 pub mod logs;
 pub mod projections;
 pub mod registry;
+pub mod sagas;
 pub mod triggers;
 
 use std::collections::HashMap;
@@ -60,6 +61,10 @@ pub enum Error {
     TriggerNotFound(String),
     #[error("projection {0:?} does not exist")]
     ProjectionNotFound(String),
+    #[error("invalid saga definition: {field}: {message}")]
+    InvalidSaga { field: String, message: String },
+    #[error("saga definition {0} does not exist")]
+    SagaDefinitionNotFound(String),
     #[error("function {name:?} is invoked by triggers {triggers:?}; delete them first")]
     FunctionInUse { name: String, triggers: Vec<String> },
     #[error("{0}")]
