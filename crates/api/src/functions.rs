@@ -58,9 +58,9 @@ impl From<FnError> for ApiError {
         }
         let err = ApiError::new(status, code, detail);
         match e {
-            FnError::FunctionInUse { triggers, .. } => {
-                err.with_extra(json!({ "triggers": triggers }))
-            }
+            FnError::FunctionInUse {
+                triggers, sagas, ..
+            } => err.with_extra(json!({ "triggers": triggers, "sagas": sagas })),
             FnError::InvalidSaga { field, .. } => err.with_extra(json!({ "field": field })),
             _ => err,
         }
@@ -113,8 +113,14 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let triggers = state.triggers().of_function(&name);
-    if !triggers.is_empty() {
-        return Err(FnError::FunctionInUse { name, triggers }.into());
+    let sagas = state.functions().sagas_using(&name)?;
+    if !triggers.is_empty() || !sagas.is_empty() {
+        return Err(FnError::FunctionInUse {
+            name,
+            triggers,
+            sagas,
+        }
+        .into());
     }
     state.functions().delete(&name).await?;
     Ok(Response::builder()

@@ -135,11 +135,23 @@ async fn definitions_are_versioned_and_bad_ones_name_the_field() {
         (status, v["code"].as_str()),
         (404, Some("saga_definition_not_found"))
     );
+    // A function a definition invokes cannot be deleted under it.
+    let (status, v) = s.call("DELETE", "/v1/functions/inventory", None).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("function_in_use")),
+        "{v}"
+    );
+    assert_eq!(v["sagas"], json!(["checkout"]));
     assert_eq!(
         s.call("DELETE", "/v1/sagas/definitions/checkout", None)
             .await
             .0,
         200
+    );
+    assert_eq!(
+        s.call("DELETE", "/v1/functions/inventory", None).await.0,
+        204
     );
     assert_eq!(
         s.call("GET", "/v1/sagas/definitions/checkout", None)

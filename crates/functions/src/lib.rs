@@ -65,8 +65,15 @@ pub enum Error {
     InvalidSaga { field: String, message: String },
     #[error("saga definition {0} does not exist")]
     SagaDefinitionNotFound(String),
-    #[error("function {name:?} is invoked by triggers {triggers:?}; delete them first")]
-    FunctionInUse { name: String, triggers: Vec<String> },
+    #[error(
+        "function {name:?} is invoked by triggers {triggers:?} and saga definitions {sagas:?}; \
+         delete or change them first"
+    )]
+    FunctionInUse {
+        name: String,
+        triggers: Vec<String>,
+        sagas: Vec<String>,
+    },
     #[error("{0}")]
     InvalidSettings(String),
     #[error("{0}")]

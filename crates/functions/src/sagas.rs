@@ -150,6 +150,22 @@ impl Functions {
         Ok(out)
     }
 
+    /// Saga definitions whose latest version invokes `function`.
+    pub fn sagas_using(&self, function: &str) -> Result<Vec<String>> {
+        Ok(self
+            .saga_definitions()?
+            .into_iter()
+            .filter(|d| {
+                d.definition.steps.iter().any(|s| {
+                    std::iter::once(&s.action)
+                        .chain(s.compensation.as_ref())
+                        .any(|a| matches!(a, Action::Invoke { function: f, .. } if f == function))
+                })
+            })
+            .map(|d| d.name)
+            .collect())
+    }
+
     /// Deletes every version of saga definition `name`.
     pub async fn delete_saga_definition(&self, name: &str) -> Result<()> {
         let _lock = self.inner.registry_lock.lock().await;
