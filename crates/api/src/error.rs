@@ -67,6 +67,7 @@ pub mod code {
     pub const PROJECTION_NOT_FOUND: &str = "projection_not_found";
     pub const INVALID_SAGA: &str = "invalid_saga";
     pub const SAGA_DEFINITION_NOT_FOUND: &str = "saga_definition_not_found";
+    pub const SAGA_NOT_FOUND: &str = "saga_not_found";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -129,6 +130,7 @@ pub mod code {
         PROJECTION_NOT_FOUND,
         INVALID_SAGA,
         SAGA_DEFINITION_NOT_FOUND,
+        SAGA_NOT_FOUND,
     ];
 }
 

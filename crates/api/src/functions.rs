@@ -38,6 +38,7 @@ impl From<FnError> for ApiError {
             FnError::SagaDefinitionNotFound(_) => {
                 (StatusCode::NOT_FOUND, code::SAGA_DEFINITION_NOT_FOUND)
             }
+            FnError::SagaNotFound(_) => (StatusCode::NOT_FOUND, code::SAGA_NOT_FOUND),
             FnError::FunctionInUse { .. } => (StatusCode::CONFLICT, code::FUNCTION_IN_USE),
             FnError::InvalidSettings(_) => (StatusCode::BAD_REQUEST, code::INVALID_CONFIG),
             FnError::InvalidInvocation(_) => (StatusCode::BAD_REQUEST, code::INVALID_REQUEST),

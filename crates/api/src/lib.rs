@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use sluice_broker::Broker;
+use sluice_functions::saga_runner::Sagas;
 use sluice_functions::{Functions, Projections, Triggers};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,7 @@ struct Inner {
     functions: Functions,
     triggers: Triggers,
     projections: Projections,
+    sagas: Sagas,
     options: Options,
     long_polls: Arc<Semaphore>,
     /// Cancelled at shutdown: long polls answer at once with what they have.
@@ -79,6 +81,7 @@ impl AppState {
         functions: Functions,
         triggers: Triggers,
         projections: Projections,
+        sagas: Sagas,
         options: Options,
         shutdown: CancellationToken,
     ) -> Self {
@@ -88,6 +91,7 @@ impl AppState {
                 functions,
                 triggers,
                 projections,
+                sagas,
                 long_polls: Arc::new(Semaphore::new(options.long_polls_max)),
                 options,
                 shutdown,
@@ -115,6 +119,10 @@ impl AppState {
 
     fn projections(&self) -> &Projections {
         &self.inner.projections
+    }
+
+    fn sagas(&self) -> &Sagas {
+        &self.inner.sagas
     }
 }
 
@@ -240,6 +248,10 @@ pub fn router(state: AppState) -> Router {
             "/categories/{category}/subscriptions/{sub}",
             put(eventstore::put_category_subscription),
         )
+        .route("/sagas", get(sagas::list).post(sagas::start))
+        .route("/sagas/{id}", get(sagas::get))
+        .route("/sagas/{id}/history", get(sagas::history))
+        .route("/sagas/{id}/cancel", post(sagas::cancel))
         .route("/sagas/definitions", get(sagas::list_definitions))
         .route(
             "/sagas/definitions/{name}",
@@ -473,6 +485,10 @@ mod tests {
             "/v1/projections/{name}/state/{key}",
             "/v1/sagas/definitions",
             "/v1/sagas/definitions/{name}",
+            "/v1/sagas",
+            "/v1/sagas/{id}",
+            "/v1/sagas/{id}/history",
+            "/v1/sagas/{id}/cancel",
         ] {
             assert!(
                 paths.contains_key(route),

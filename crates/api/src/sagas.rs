@@ -1,5 +1,6 @@
 //! Saga routes: saga definitions, stored as immutable versions (a put creates the next
-//! one). Starting and inspecting sagas come with the saga runner.
+//! one); starting sagas (idempotent by id), inspecting them with their steps and history,
+//! listing by status and definition, and cancelling.
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -7,9 +8,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
+use sluice_functions::saga_runner::SagaInfo;
 use sluice_functions::sagas::DefinitionVersion;
-use sluice_sagas::SagaDefinition;
+use sluice_sagas::{SagaDefinition, Status};
 
 use crate::eventstore::query;
 use crate::queues::{resource_name, to_json};
@@ -75,4 +77,116 @@ pub(crate) async fn delete_definition(
 ) -> Result<Response, ApiError> {
     state.functions().delete_saga_definition(&name).await?;
     Ok(to_json(StatusCode::OK, &json!({ "deleted": name })))
+}
+
+// ---- sagas ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    definition: String,
+    #[serde(default)]
+    version: Option<u32>,
+    /// A client-supplied id makes the start idempotent.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    input: Value,
+}
+
+fn saga_json(info: &SagaInfo) -> Value {
+    let steps: Vec<Value> = info
+        .definition
+        .steps
+        .iter()
+        .zip(&info.saga.steps)
+        .map(|(d, s)| {
+            let mut v = serde_json::to_value(s).expect("step state serializes");
+            v["name"] = json!(d.name);
+            v
+        })
+        .collect();
+    json!({
+        "id": info.summary.id,
+        "definition": info.summary.definition,
+        "version": info.summary.version,
+        "status": info.summary.status,
+        "error": info.saga.error,
+        "input": info.saga.input,
+        "started_ms": info.summary.started_ms,
+        "updated_ms": info.summary.updated_ms,
+        "steps": steps,
+    })
+}
+
+pub(crate) async fn start(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let b: StartBody = read_json(&state, body).await?;
+    let (info, created) = state
+        .sagas()
+        .start_saga(&b.definition, b.version, b.id, b.input)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(to_json(status, &saga_json(&info)))
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(to_json(
+        StatusCode::OK,
+        &saga_json(&state.sagas().get(&id)?),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    status: Option<Status>,
+    definition: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let all = state.sagas().list(q.status, q.definition.as_deref())?;
+    Ok(to_json(StatusCode::OK, &json!({ "sagas": all })))
+}
+
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let events: Vec<Value> = state
+        .sagas()
+        .history(&id)?
+        .into_iter()
+        .map(|(version, h)| {
+            json!({
+                "version": version,
+                "at": sluice_types::format_rfc3339_ms(h.at_ms),
+                "event": h.event,
+            })
+        })
+        .collect();
+    Ok(to_json(
+        StatusCode::OK,
+        &json!({ "id": id, "events": events }),
+    ))
+}
+
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(to_json(
+        StatusCode::OK,
+        &saga_json(&state.sagas().cancel(&id).await?),
+    ))
 }

@@ -208,7 +208,218 @@ async fn the_saga_command_defines_from_stdin() {
         ok && out.contains("reserve  version 1  steps reserve"),
         "{out}"
     );
+    let (ok, out) = sluice(
+        &[
+            "saga",
+            "start",
+            "reserve",
+            "--id",
+            "r1",
+            "--input",
+            r#"{"n":1}"#,
+        ],
+        "",
+    );
+    assert!(ok && out.starts_with("r1  reserve@1"), "{out}");
+    for _ in 0..100 {
+        let (_, out) = sluice(&["saga", "get", "r1"], "");
+        if out.contains("completed") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (ok, out) = sluice(&["saga", "get", "r1"], "");
+    assert!(ok && out.contains("r1  reserve@1  completed"), "{out}");
+    assert!(
+        out.contains("reserve") && out.contains("succeeded"),
+        "{out}"
+    );
+    let (ok, out) = sluice(&["saga", "list", "--status", "completed"], "");
+    assert!(ok && out.contains("r1  reserve@1  completed"), "{out}");
+    let (ok, out) = sluice(&["saga", "history", "r1"], "");
+    assert!(ok && out.lines().count() == 2, "{out}");
     let bad = r#"{"steps": [{"name": "x", "action": {"invoke": {"function": "missing"}}}]}"#;
     let (ok, out) = sluice(&["saga", "define", "reserve", "-f", "-"], bad);
     assert!(!ok && out.contains("invalid_saga"), "{out}");
+}
+
+async fn deploy(s: &TestServer, name: &str, wasm: Vec<u8>) {
+    let (status, v) = s
+        .call_with(
+            "POST",
+            &format!("/v1/functions/{name}/versions"),
+            &[("content-type", "application/wasm")],
+            wasm,
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+}
+
+/// Reserve → charge → ship, where charge invokes `charge_fn`, retried once after `retry`.
+fn order(charge_fn: &str, retry: &str) -> Value {
+    json!({"steps": [
+        {"name": "reserve",
+         "action": {"invoke": {"function": "inventory", "input": {"order": "$/input/order"}}},
+         "compensation": {"invoke": {"function": "release",
+                                     "input": {"order": "$/input/order"}}}},
+        {"name": "charge", "action": {"invoke": {"function": charge_fn}},
+         "retry": {"max_attempts": 2, "initial": retry}},
+        {"name": "ship", "action": {"invoke": {"function": "ship"}}}
+    ]})
+}
+
+async fn wait_terminal(s: &TestServer, id: &str) -> Value {
+    for _ in 0..300 {
+        let (status, v) = s.call("GET", &format!("/v1/sagas/{id}"), None).await;
+        assert_eq!(status, 200, "{v}");
+        if !["running", "compensating"].contains(&v["status"].as_str().unwrap()) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("saga {id} did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_complete_or_compensate_in_reverse_and_starts_are_idempotent() {
+    let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
+    for f in ["inventory", "release", "ship", "pay"] {
+        deploy(&s, f, sluice_guests::ok()).await;
+    }
+    deploy(&s, "decline", sluice_guests::error()).await;
+    for (name, def) in [
+        ("order-ok", order("pay", "100ms")),
+        ("order-declined", order("decline", "100ms")),
+    ] {
+        let (status, v) = s
+            .call("PUT", &format!("/v1/sagas/definitions/{name}"), Some(def))
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/sagas",
+            Some(json!({"definition": "order-ok", "id": "o1", "input": {"order": "o1"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let v = wait_terminal(&s, "o1").await;
+    assert_eq!(v["status"], "completed", "{v}");
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, vec!["succeeded"; 3]);
+
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/sagas",
+            Some(json!({"definition": "order-declined", "id": "o2", "input": {"order": "o2"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let v = wait_terminal(&s, "o2").await;
+    assert_eq!(v["status"], "compensated", "{v}");
+    assert_eq!(v["steps"][0]["status"], "compensated");
+    assert_eq!(v["steps"][1]["status"], "failed");
+    assert_eq!(v["steps"][1]["attempts"], 2);
+    assert_eq!(v["steps"][2]["status"], "pending");
+    assert!(v["error"].as_str().unwrap().contains("charge"), "{v}");
+
+    // Starting an id again answers the saga that exists.
+    let (status, again) = s
+        .call(
+            "POST",
+            "/v1/sagas",
+            Some(json!({"definition": "order-ok", "id": "o2", "input": {}})),
+        )
+        .await;
+    assert_eq!((status, &again["status"]), (200, &json!("compensated")));
+
+    // The history is the saga's own stream.
+    let (_, h) = s.call("GET", "/v1/sagas/o2/history", None).await;
+    let kinds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "started",
+            "action_succeeded",
+            "action_failed",
+            "timer_fired",
+            "action_failed",
+            "compensation_succeeded"
+        ]
+    );
+    let (_, stream) = s.call("GET", "/v1/streams/saga-o2/events", None).await;
+    assert_eq!(stream["events"].as_array().unwrap().len(), kinds.len());
+
+    let (_, l) = s.call("GET", "/v1/sagas?status=compensated", None).await;
+    let ids: Vec<&str> = l["sagas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["o2"]);
+    let (_, l) = s.call("GET", "/v1/sagas?definition=order-ok", None).await;
+    assert_eq!(l["sagas"].as_array().unwrap().len(), 1);
+    let (status, v) = s.call("POST", "/v1/sagas/o1/cancel", None).await;
+    assert_eq!(status, 400, "a finished saga is not cancelled: {v}");
+    let (status, v) = s.call("GET", "/v1/sagas/nope", None).await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("saga_not_found")));
+    let (status, v) = s
+        .call("POST", "/v1/sagas", Some(json!({"definition": "none"})))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("saga_definition_not_found"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_resumes_after_a_crash_and_a_cancel_compensates() {
+    let mut s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
+    for f in ["inventory", "release", "ship"] {
+        deploy(&s, f, sluice_guests::ok()).await;
+    }
+    deploy(&s, "decline", sluice_guests::error()).await;
+    let (status, _) = s
+        .call(
+            "PUT",
+            "/v1/sagas/definitions/slow",
+            Some(order("decline", "1s")),
+        )
+        .await;
+    assert_eq!(status, 201);
+    for id in ["a", "b"] {
+        let (status, v) = s
+            .call(
+                "POST",
+                "/v1/sagas",
+                Some(json!({"definition": "slow", "id": id, "input": {"order": id}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    // Both wait for charge's retry timer; "b" is cancelled, then the server dies.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, v) = s.call("POST", "/v1/sagas/b/cancel", None).await;
+    assert_eq!(status, 200, "{v}");
+    s.crash_and_restart();
+    let a = wait_terminal(&s, "a").await;
+    assert_eq!(a["status"], "compensated", "{a}");
+    assert_eq!(a["steps"][1]["attempts"], 2);
+    let b = wait_terminal(&s, "b").await;
+    assert_eq!(b["status"], "cancelled", "{b}");
+    assert_eq!(b["steps"][0]["status"], "compensated");
 }

@@ -11,6 +11,7 @@ mod host;
 pub mod logs;
 pub mod projections;
 pub mod registry;
+pub mod saga_runner;
 pub mod sagas;
 pub mod triggers;
 
@@ -65,6 +66,8 @@ pub enum Error {
     InvalidSaga { field: String, message: String },
     #[error("saga definition {0} does not exist")]
     SagaDefinitionNotFound(String),
+    #[error("saga {0:?} does not exist")]
+    SagaNotFound(String),
     #[error(
         "function {name:?} is invoked by triggers {triggers:?} and saga definitions {sagas:?}; \
          delete or change them first"

@@ -204,6 +204,12 @@ impl Server {
             broker.clone(),
         )
         .await?;
+        let sagas = sluice_functions::saga_runner::Sagas::start(
+            functions.clone(),
+            broker.clone(),
+            cancel.child_token(),
+        )
+        .await?;
         let api_mut = config.api.clone();
         let api_options = sluice_api::Options {
             auth_token: config.auth_token.clone(),
@@ -215,6 +221,7 @@ impl Server {
             functions,
             triggers,
             projections,
+            sagas,
             api_options,
             long_polls.clone(),
         );

@@ -1,0 +1,516 @@
+//! Running sagas: each saga's history is an event-store stream (`saga-{id}`), appended with
+//! an exact expected version before the orchestrator's commands for it are carried out, so
+//! the stream is the saga's state. Commands run as tasks (function invocations with the
+//! attempt's idempotency key, timers through the injected clock) whose results come back as
+//! the next events. At start, every saga not finished is replayed from its stream and what
+//! was under way runs again with the same keys.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sluice_broker::{Broker, Direction, Error as BrokerError, ExpectedVersion};
+use sluice_sagas::orchestrator::{self, Command, Event, Saga, Status};
+use sluice_sagas::{Action, SagaDefinition};
+use sluice_types::Name;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Functions, Result, Target};
+
+/// The topic alerts go to (created when the first saga starts).
+pub const ALERTS_TOPIC: &str = "sluice.alerts";
+/// The CloudEvent type of a saga's history events.
+const HISTORY_TYPE: &str = "sluice.saga.event";
+
+/// A saga's stream.
+pub fn stream_of(id: &str) -> String {
+    format!("saga-{id}")
+}
+
+/// What the index keeps of a saga, for listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaSummary {
+    pub id: String,
+    pub definition: String,
+    pub version: u32,
+    pub status: Status,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// A saga as answered by get.
+#[derive(Debug, Clone)]
+pub struct SagaInfo {
+    pub summary: SagaSummary,
+    pub definition: SagaDefinition,
+    pub saga: Saga,
+}
+
+/// One history event as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub definition: String,
+    pub version: u32,
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+struct Active {
+    summary: SagaSummary,
+    definition: SagaDefinition,
+    saga: Saga,
+    /// The stream's last version.
+    last: u64,
+}
+
+/// The sagas of a server.
+#[derive(Clone)]
+pub struct Sagas {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    functions: Functions,
+    broker: Broker,
+    active: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Active>>>>,
+    cancel: CancellationToken,
+}
+
+fn index_key(id: &str) -> Vec<u8> {
+    let mut k = b"r\0".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn history_event(h: &HistoryEvent) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("specversion".into(), "1.0".into());
+    m.insert("source".into(), "/sluice/sagas".into());
+    m.insert("type".into(), HISTORY_TYPE.into());
+    m.insert(
+        "data".into(),
+        serde_json::to_value(h).expect("history serializes"),
+    );
+    m
+}
+
+impl Sagas {
+    /// Resumes every saga not finished, and carries on with them until `cancel`.
+    pub async fn start(
+        functions: Functions,
+        broker: Broker,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
+        let this = Self {
+            inner: Arc::new(Inner {
+                functions,
+                broker,
+                active: Mutex::new(HashMap::new()),
+                cancel,
+            }),
+        };
+        for summary in this.summaries()? {
+            if summary.status.is_terminal() {
+                continue;
+            }
+            match this.replay(&summary) {
+                Ok(active) => {
+                    let commands = orchestrator::resume(&active.definition, &active.saga);
+                    let id = summary.id.clone();
+                    this.inner
+                        .active
+                        .lock()
+                        .unwrap()
+                        .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(active)));
+                    this.execute(&id, commands);
+                }
+                Err(e) => tracing::error!(saga = %summary.id, error = %e, "cannot resume saga"),
+            }
+        }
+        Ok(this)
+    }
+
+    fn summaries(&self) -> Result<Vec<SagaSummary>> {
+        let ks = &self.inner.functions.inner.ks;
+        let mut out = Vec::new();
+        for (_, v) in ks.range(b"r\0", b"r\x01", usize::MAX)? {
+            out.push(serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Every history event of saga `id`, in order.
+    pub fn history(&self, id: &str) -> Result<Vec<(u64, HistoryEvent)>> {
+        let stream = stream_of(id);
+        let mut out = Vec::new();
+        let mut from = Some(0);
+        while let Some(f) = from {
+            let page =
+                match self
+                    .inner
+                    .broker
+                    .read_stream(&stream, Some(f), Direction::Forward, 1_000)
+                {
+                    Ok(p) => p,
+                    Err(BrokerError::StreamNotFound(_)) => {
+                        return Err(Error::SagaNotFound(id.to_owned()));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+            for e in page.events {
+                let v: Value =
+                    serde_json::from_slice(&e.event).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let h: HistoryEvent = serde_json::from_value(v["data"].clone())
+                    .map_err(|e| Error::Corrupt(format!("saga history: {e}")))?;
+                out.push((e.version, h));
+            }
+            from = page.next;
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds a saga from its history.
+    fn replay(&self, summary: &SagaSummary) -> Result<Active> {
+        let definition = self
+            .inner
+            .functions
+            .saga_definition(&summary.definition, Some(summary.version))?;
+        let definition = definition.definition;
+        let mut saga = Saga::new(&summary.id, &definition);
+        let mut last = 0;
+        for (version, h) in self.history(&summary.id)? {
+            orchestrator::handle(&definition, &mut saga, &h.event, h.at_ms);
+            last = version;
+        }
+        let mut summary = summary.clone();
+        summary.status = saga.status;
+        Ok(Active {
+            summary,
+            definition,
+            saga,
+            last,
+        })
+    }
+
+    /// Starts a saga of `definition` (its latest version unless `version`) with `input`.
+    /// Starting an id that exists answers the existing saga (and `false`).
+    pub async fn start_saga(
+        &self,
+        definition: &str,
+        version: Option<u32>,
+        id: Option<String>,
+        input: Value,
+    ) -> Result<(SagaInfo, bool)> {
+        let def = self.inner.functions.saga_definition(definition, version)?;
+        let id = id.unwrap_or_else(|| self.inner.broker.new_event_id());
+        sluice_broker::validate_stream_name(&stream_of(&id))
+            .map_err(|e| Error::InvalidSettings(format!("saga id {id:?}: {e}")))?;
+        self.ensure_alerts_topic().await?;
+        let now = self.inner.broker.now_ms();
+        let started = HistoryEvent {
+            definition: def.name.clone(),
+            version: def.version,
+            at_ms: now,
+            event: Event::Started { input },
+        };
+        match self
+            .inner
+            .broker
+            .append(
+                &stream_of(&id),
+                ExpectedVersion::NoStream,
+                vec![history_event(&started)],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(BrokerError::WrongExpectedVersion { .. }) => return Ok((self.get(&id)?, false)),
+            Err(e) => return Err(e.into()),
+        }
+        let summary = SagaSummary {
+            id: id.clone(),
+            definition: def.name.clone(),
+            version: def.version,
+            status: Status::Running,
+            started_ms: now,
+            updated_ms: now,
+        };
+        let mut saga = Saga::new(&id, &def.definition);
+        let commands = orchestrator::handle(&def.definition, &mut saga, &started.event, now);
+        let mut active = Active {
+            summary,
+            definition: def.definition,
+            saga,
+            last: 0,
+        };
+        active.summary.status = active.saga.status;
+        self.put_summary(&active.summary).await?;
+        let info = SagaInfo {
+            summary: active.summary.clone(),
+            definition: active.definition.clone(),
+            saga: active.saga.clone(),
+        };
+        self.inner
+            .active
+            .lock()
+            .unwrap()
+            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(active)));
+        self.execute(&id, commands);
+        Ok((info, true))
+    }
+
+    async fn ensure_alerts_topic(&self) -> Result<()> {
+        if self.inner.broker.get_topic(ALERTS_TOPIC).is_err() {
+            let name = Name::new(ALERTS_TOPIC).expect("a valid name");
+            self.inner
+                .broker
+                .put_topic(&name, sluice_broker::TopicConfig::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn put_summary(&self, s: &SagaSummary) -> Result<()> {
+        let store = &self.inner.functions.inner.store;
+        let mut batch = store.batch();
+        batch.put(
+            &self.inner.functions.inner.ks,
+            index_key(&s.id),
+            crate::encode(s),
+        );
+        store.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Saga `id` with its steps.
+    pub fn get(&self, id: &str) -> Result<SagaInfo> {
+        let active = self.inner.active.lock().unwrap().get(id).cloned();
+        if let Some(a) = active
+            && let Ok(a) = a.try_lock()
+        {
+            return Ok(SagaInfo {
+                summary: a.summary.clone(),
+                definition: a.definition.clone(),
+                saga: a.saga.clone(),
+            });
+        }
+        let raw = self
+            .inner
+            .functions
+            .inner
+            .ks
+            .get(&index_key(id))?
+            .ok_or_else(|| Error::SagaNotFound(id.to_owned()))?;
+        let summary: SagaSummary =
+            serde_json::from_slice(&raw).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let a = self.replay(&summary)?;
+        Ok(SagaInfo {
+            summary: a.summary,
+            definition: a.definition,
+            saga: a.saga,
+        })
+    }
+
+    /// Sagas, filtered by status and definition.
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        definition: Option<&str>,
+    ) -> Result<Vec<SagaSummary>> {
+        Ok(self
+            .summaries()?
+            .into_iter()
+            .filter(|s| status.is_none_or(|st| s.status == st))
+            .filter(|s| definition.is_none_or(|d| s.definition == d))
+            .collect())
+    }
+
+    /// Cancels saga `id`: it compensates what completed.
+    pub async fn cancel(&self, id: &str) -> Result<SagaInfo> {
+        let info = self.get(id)?;
+        if info.summary.status.is_terminal() {
+            return Err(Error::InvalidSettings(format!(
+                "saga {id:?} already ended ({:?})",
+                info.summary.status
+            )));
+        }
+        self.feed(id, Event::CancelRequested).await;
+        self.get(id)
+    }
+
+    /// Records `event` for saga `id` and carries out what it leads to.
+    async fn feed(&self, id: &str, event: Event) {
+        let Some(active) = self.inner.active.lock().unwrap().get(id).cloned() else {
+            return;
+        };
+        let mut a = active.lock().await;
+        if a.saga.status.is_terminal() {
+            return;
+        }
+        let now = self.inner.broker.now_ms();
+        let h = HistoryEvent {
+            definition: a.summary.definition.clone(),
+            version: a.summary.version,
+            at_ms: now,
+            event,
+        };
+        // Recorded first: what is carried out is always what the history says.
+        match self
+            .inner
+            .broker
+            .append(
+                &stream_of(id),
+                ExpectedVersion::Exact(a.last),
+                vec![history_event(&h)],
+            )
+            .await
+        {
+            Ok(r) => a.last = r.last_version,
+            Err(e) => {
+                tracing::error!(saga = %id, error = %e, "recording a saga event failed; it resumes at the next start");
+                return;
+            }
+        }
+        let before = a.saga.status;
+        let definition = a.definition.clone();
+        let commands = orchestrator::handle(&definition, &mut a.saga, &h.event, now);
+        a.summary.status = a.saga.status;
+        a.summary.updated_ms = now;
+        if a.saga.status != before
+            && let Err(e) = self.put_summary(&a.summary).await
+        {
+            tracing::error!(saga = %id, error = %e, "updating the saga index failed");
+        }
+        drop(a);
+        self.execute(id, commands);
+    }
+
+    fn execute(&self, id: &str, commands: Vec<Command>) {
+        for c in commands {
+            let this = self.clone();
+            let id = id.to_owned();
+            match c {
+                Command::RunAction {
+                    step,
+                    attempt,
+                    action,
+                    input,
+                    idempotency_key,
+                } => {
+                    tokio::spawn(async move {
+                        let event =
+                            match this.run(&id, step, &action, input, &idempotency_key).await {
+                                Ok(output) => Event::ActionSucceeded {
+                                    step,
+                                    attempt,
+                                    output,
+                                },
+                                Err(error) => Event::ActionFailed {
+                                    step,
+                                    attempt,
+                                    error,
+                                },
+                            };
+                        this.feed(&id, event).await;
+                    });
+                }
+                Command::RunCompensation {
+                    step,
+                    attempt,
+                    action,
+                    input,
+                    idempotency_key,
+                } => {
+                    tokio::spawn(async move {
+                        let event =
+                            match this.run(&id, step, &action, input, &idempotency_key).await {
+                                Ok(_) => Event::CompensationSucceeded { step, attempt },
+                                Err(error) => Event::CompensationFailed {
+                                    step,
+                                    attempt,
+                                    error,
+                                },
+                            };
+                        this.feed(&id, event).await;
+                    });
+                }
+                Command::SetTimer { timer, at_ms } => {
+                    let wait = at_ms.saturating_sub(self.inner.broker.now_ms());
+                    let stop = self.inner.cancel.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(wait)) => {
+                                this.feed(&id, Event::TimerFired { timer }).await;
+                            }
+                            _ = stop.cancelled() => {}
+                        }
+                    });
+                }
+                Command::Alert { step, error } => {
+                    tokio::spawn(async move {
+                        let mut e = Map::new();
+                        e.insert("specversion".into(), "1.0".into());
+                        e.insert("source".into(), "/sluice/sagas".into());
+                        e.insert("type".into(), "sluice.saga.compensation_failed".into());
+                        e.insert("subject".into(), id.clone().into());
+                        e.insert(
+                            "data".into(),
+                            json!({"saga": id, "step": step, "error": error}),
+                        );
+                        if let Err(err) = this.inner.broker.publish(ALERTS_TOPIC, vec![e]).await {
+                            tracing::error!(saga = %id, error = %err, "publishing a saga alert failed");
+                        }
+                    });
+                }
+                Command::Finished { status } => {
+                    tracing::debug!(saga = %id, ?status, "saga finished");
+                    self.inner.active.lock().unwrap().remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Runs an action; its output, or why it failed.
+    async fn run(
+        &self,
+        id: &str,
+        step: usize,
+        action: &Action,
+        input: Value,
+        key: &str,
+    ) -> std::result::Result<Value, String> {
+        match action {
+            Action::Invoke { function, .. } => {
+                let mut e = Map::new();
+                e.insert("specversion".into(), "1.0".into());
+                e.insert("id".into(), key.into());
+                e.insert("source".into(), format!("/sluice/sagas/{id}").into());
+                e.insert("type".into(), "sluice.saga.action".into());
+                e.insert("subject".into(), id.into());
+                e.insert("datacontenttype".into(), "application/json".into());
+                e.insert("data".into(), input);
+                e.insert("sagaid".into(), id.into());
+                e.insert("sagastep".into(), Value::from(step as u64));
+                e.insert("idempotencykey".into(), key.into());
+                let r = self
+                    .inner
+                    .functions
+                    .invoke(function, &Target::Alias(crate::LIVE.into()), &[e], None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match r.failed() {
+                    Some(why) => Err(why),
+                    None if r.outcome_name() == "partial_failure" => {
+                        Err("the function failed its event".into())
+                    }
+                    None => Ok(Value::Null),
+                }
+            }
+            Action::Send { .. } | Action::Publish { .. } => Err(
+                "send and publish actions with replies are not supported by this server yet".into(),
+            ),
+        }
+    }
+}
