@@ -117,6 +117,9 @@ impl Sagas {
             }
             match this.replay(&summary) {
                 Ok(active) => {
+                    if active.summary != summary {
+                        this.put_summary(&active.summary).await?;
+                    }
                     let commands = orchestrator::resume(&active.definition, &active.saga);
                     let id = summary.id.clone();
                     this.inner
@@ -125,6 +128,10 @@ impl Sagas {
                         .unwrap()
                         .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(active)));
                     this.execute(&id, commands);
+                }
+                Err(Error::SagaNotFound(_)) => {
+                    // Indexed, then stopped before its first event: it never started.
+                    this.delete_summary(&summary.id).await?;
                 }
                 Err(e) => tracing::error!(saga = %summary.id, error = %e, "cannot resume saga"),
             }
@@ -171,20 +178,29 @@ impl Sagas {
         Ok(out)
     }
 
-    /// Rebuilds a saga from its history.
+    /// Rebuilds a saga from its history. The stream is the truth: its first event names the
+    /// definition and version, whatever the index says.
     fn replay(&self, summary: &SagaSummary) -> Result<Active> {
+        let history = self.history(&summary.id)?;
+        let Some((_, first)) = history.first() else {
+            return Err(Error::SagaNotFound(summary.id.clone()));
+        };
         let definition = self
             .inner
             .functions
-            .saga_definition(&summary.definition, Some(summary.version))?;
-        let definition = definition.definition;
+            .saga_definition(&first.definition, Some(first.version))?
+            .definition;
+        let mut summary = summary.clone();
+        summary.definition = first.definition.clone();
+        summary.version = first.version;
+        summary.started_ms = first.at_ms;
         let mut saga = Saga::new(&summary.id, &definition);
         let mut last = 0;
-        for (version, h) in self.history(&summary.id)? {
+        for (version, h) in &history {
             orchestrator::handle(&definition, &mut saga, &h.event, h.at_ms);
-            last = version;
+            summary.updated_ms = h.at_ms;
+            last = *version;
         }
-        let mut summary = summary.clone();
         summary.status = saga.status;
         Ok(Active {
             summary,
@@ -209,12 +225,26 @@ impl Sagas {
             .map_err(|e| Error::InvalidSettings(format!("saga id {id:?}: {e}")))?;
         self.ensure_alerts_topic().await?;
         let now = self.inner.broker.now_ms();
+        let summary = SagaSummary {
+            id: id.clone(),
+            definition: def.name.clone(),
+            version: def.version,
+            status: Status::Running,
+            started_ms: now,
+            updated_ms: now,
+        };
         let started = HistoryEvent {
             definition: def.name.clone(),
             version: def.version,
             at_ms: now,
             event: Event::Started { input },
         };
+        if let Ok(existing) = self.get(&id) {
+            return Ok((existing, false));
+        }
+        // Indexed first, so a saga whose stream exists is always one the server resumes;
+        // an index entry without a stream (a crash in between) is dropped at the next start.
+        self.put_summary(&summary).await?;
         match self
             .inner
             .broker
@@ -229,14 +259,6 @@ impl Sagas {
             Err(BrokerError::WrongExpectedVersion { .. }) => return Ok((self.get(&id)?, false)),
             Err(e) => return Err(e.into()),
         }
-        let summary = SagaSummary {
-            id: id.clone(),
-            definition: def.name.clone(),
-            version: def.version,
-            status: Status::Running,
-            started_ms: now,
-            updated_ms: now,
-        };
         let mut saga = Saga::new(&id, &def.definition);
         let commands = orchestrator::handle(&def.definition, &mut saga, &started.event, now);
         let mut active = Active {
@@ -246,7 +268,9 @@ impl Sagas {
             last: 0,
         };
         active.summary.status = active.saga.status;
-        self.put_summary(&active.summary).await?;
+        if active.summary.status != Status::Running {
+            self.put_summary(&active.summary).await?;
+        }
         let info = SagaInfo {
             summary: active.summary.clone(),
             definition: active.definition.clone(),
@@ -269,6 +293,14 @@ impl Sagas {
                 .put_topic(&name, sluice_broker::TopicConfig::default())
                 .await?;
         }
+        Ok(())
+    }
+
+    async fn delete_summary(&self, id: &str) -> Result<()> {
+        let store = &self.inner.functions.inner.store;
+        let mut batch = store.batch();
+        batch.delete(&self.inner.functions.inner.ks, index_key(id));
+        store.commit(batch).await?;
         Ok(())
     }
 
