@@ -29,7 +29,7 @@ async fn deploy(s: &TestServer, name: &str) {
 }
 
 fn declined(n: usize) -> bool {
-    n % 4 == 0
+    n.is_multiple_of(4)
 }
 
 async fn starter(url: watch::Receiver<String>) {
