@@ -13,6 +13,10 @@
 //!   clients (throughput and latency), appends of 100 events, reads of a stream and of
 //!   `$all`, and a catch-up subscription over SSE; beside them, the disk's own fdatasync
 //!   latency, probed in `--fsync-probe-dir`.
+//! - SAGAS: three-step sagas of a trivial guest (`--guest`), started by many clients at
+//!   once: sagas completed per second, and each saga's time per step (start to end over
+//!   three steps), which is what orchestration adds when the steps themselves take
+//!   microseconds.
 //!
 //! Client and server share the machine, so the client's own work (JSON, HTTP) is part of
 //! every figure; the report says so.
@@ -36,6 +40,7 @@ pub enum Workload {
     W3,
     W4,
     Es,
+    Sagas,
     All,
 }
 
@@ -92,6 +97,12 @@ pub struct BenchArgs {
     /// ES: clients appending batches at once, each to its own stream.
     #[arg(long, default_value_t = 4)]
     es_batch_clients: usize,
+    /// SAGAS: sagas started per run.
+    #[arg(long, default_value_t = 2_000)]
+    sagas: usize,
+    /// SAGAS: clients starting sagas at once.
+    #[arg(long, default_value_t = 16)]
+    saga_clients: usize,
     /// ES: where to probe the disk's fdatasync latency (the server's disk).
     #[arg(long, default_value = ".")]
     fsync_probe_dir: std::path::PathBuf,
@@ -657,6 +668,145 @@ async fn w4(
     Ok(r)
 }
 
+struct SagaRun {
+    rate: f64,
+    /// Per step, under the full load of the throughput phase (queueing included).
+    per_step_p50_ms: f64,
+    per_step_p99_ms: f64,
+    /// Per step, one saga at a time: what orchestration adds without queueing.
+    alone_p50_us: u64,
+    alone_p99_us: u64,
+}
+
+/// Sagas run one at a time: each started and polled until completed; the time per step, in
+/// µs, sorted.
+async fn sagas_alone(
+    http: &Arc<Http>,
+    definition: &str,
+    tag: &str,
+    n: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let mut conn = Conn::open(http).await?;
+    let mut per_step = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{tag}-alone-{i}");
+        let body = json!({"definition": definition, "id": id, "input": {"i": i}});
+        let t = Instant::now();
+        conn.post("/v1/sagas", body.to_string()).await?;
+        loop {
+            let v: Value = serde_json::from_slice(&http.get(&format!("/v1/sagas/{id}")).await?)
+                .context("parsing a saga")?;
+            match v["status"].as_str() {
+                Some("completed") => break,
+                Some("running") => {}
+                other => bail!("saga {id} ended {other:?}"),
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("saga {id} did not complete in 60 s");
+            }
+        }
+        per_step.push(t.elapsed().as_micros() as u64 / 3);
+    }
+    per_step.sort_unstable();
+    Ok(per_step)
+}
+
+async fn sagas(
+    http: &Arc<Http>,
+    args: &BenchArgs,
+    wasm: &[u8],
+    run: usize,
+) -> anyhow::Result<SagaRun> {
+    let tag = format!("{}-{run}", std::process::id());
+    let function = format!("bench-saga-{tag}");
+    let definition = format!("bench-saga-{tag}");
+    let mut req = http
+        .client
+        .post(format!(
+            "{}/v1/functions/{function}/versions?concurrency=1000",
+            http.base
+        ))
+        .header("content-type", "application/wasm")
+        .body(wasm.to_vec());
+    if let Some(t) = &http.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.context("deploying the saga guest")?;
+    if !resp.status().is_success() {
+        bail!("deploying the saga guest: HTTP {}", resp.status());
+    }
+    let step = |name: &str| json!({"name": name, "action": {"invoke": {"function": function}}});
+    http.put(
+        &format!("/v1/sagas/definitions/{definition}"),
+        json!({"steps": [step("a"), step("b"), step("c")]}),
+    )
+    .await?;
+    let n = args.sagas;
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.saga_clients.max(1) {
+        let (http, next, definition, tag) =
+            (http.clone(), next.clone(), definition.clone(), tag.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&http).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::AcqRel);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                let body = json!({"definition": definition, "id": format!("{tag}-{i}"),
+                                  "input": {"i": i}});
+                conn.post("/v1/sagas", body.to_string()).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let summaries = loop {
+        let body = http
+            .get(&format!("/v1/sagas?definition={definition}"))
+            .await?;
+        let v: Value = serde_json::from_slice(&body).context("parsing the saga list")?;
+        let all = v["sagas"].as_array().cloned().unwrap_or_default();
+        let done = all.iter().filter(|s| s["status"] == "completed").count();
+        if all
+            .iter()
+            .any(|s| s["status"] != "completed" && s["status"] != "running")
+        {
+            bail!("a benchmark saga did not complete: {v}");
+        }
+        if done == n {
+            break all;
+        }
+        if Instant::now() > deadline {
+            bail!("{done} of {n} sagas completed in 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = t.elapsed();
+    let mut per_step: Vec<u64> = summaries
+        .iter()
+        .map(|s| {
+            let d = s["updated_ms"].as_u64().unwrap_or(0) - s["started_ms"].as_u64().unwrap_or(0);
+            d * 1_000 / 3
+        })
+        .collect();
+    per_step.sort_unstable();
+    let alone = sagas_alone(http, &definition, &tag, 200).await?;
+    http.delete(&format!("/v1/sagas/definitions/{definition}"))
+        .await;
+    Ok(SagaRun {
+        rate: rate(n, elapsed),
+        per_step_p50_ms: quantile(&per_step, 0.50) as f64 / 1_000.0,
+        per_step_p99_ms: quantile(&per_step, 0.99) as f64 / 1_000.0,
+        alone_p50_us: quantile(&alone, 0.50),
+        alone_p99_us: quantile(&alone, 0.99),
+    })
+}
+
 struct Es {
     single_rate: f64,
     single_p50_us: u64,
@@ -1038,6 +1188,45 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             out[format!("batch_{batch}")] = json!({"messages": n, "events_per_s": summary(&rates)});
         }
         report["w4"] = out;
+    }
+    if matches!(args.workload, Workload::Sagas) {
+        let path = args
+            .guest
+            .as_ref()
+            .context("SAGAS needs --guest FILE.wasm")?;
+        let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (mut r, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut a50, mut a99) = (Vec::new(), Vec::new());
+        for run in 0..args.runs {
+            let s = sagas(&http, &args, &wasm, run).await?;
+            if human {
+                eprintln!(
+                    "SAGAS run {}: {} three-step sagas, {:.0} sagas/s, per step under load p50 {:.2} ms, p99 {:.2} ms; one saga at a time p50 {} µs, p99 {} µs",
+                    run + 1,
+                    args.sagas,
+                    s.rate,
+                    s.per_step_p50_ms,
+                    s.per_step_p99_ms,
+                    s.alone_p50_us,
+                    s.alone_p99_us
+                );
+            }
+            r.push(s.rate);
+            p50.push(s.per_step_p50_ms);
+            p99.push(s.per_step_p99_ms);
+            a50.push(s.alone_p50_us as f64);
+            a99.push(s.alone_p99_us as f64);
+        }
+        report["sagas"] = json!({
+            "sagas": args.sagas,
+            "clients": args.saga_clients,
+            "sagas_per_s": summary(&r),
+            // Millisecond resolution: the server stamps saga events in milliseconds.
+            "per_step_p50_ms": p50,
+            "per_step_p99_ms": p99,
+            "alone_per_step_p50_us": summary(&a50),
+            "alone_per_step_p99_us": summary(&a99),
+        });
     }
     if matches!(args.workload, Workload::Es) {
         let fsync = fsync_probe(&args.fsync_probe_dir)?;
