@@ -423,3 +423,116 @@ async fn a_saga_resumes_after_a_crash_and_a_cancel_compensates() {
     assert_eq!(b["status"], "cancelled", "{b}");
     assert_eq!(b["steps"][0]["status"], "compensated");
 }
+
+/// Copies the saga attributes of a command into a reply of type `ty`.
+fn reply_to(command: &Value, ty: &str, data: Value) -> Value {
+    json!({
+        "specversion": "1.0", "source": "/test/responder", "type": ty, "data": data,
+        "sagaid": command["sagaid"], "sagastep": command["sagastep"],
+        "sagaattempt": command["sagaattempt"], "sagakind": command["sagakind"],
+    })
+}
+
+async fn publish_reply(s: &TestServer, reply: &Value) {
+    let (status, v) = s
+        .call_with(
+            "POST",
+            "/v1/topics/sluice.saga.replies/events",
+            &[("content-type", "application/cloudevents+json")],
+            reply.to_string().into_bytes(),
+        )
+        .await;
+    assert!(status < 300, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_publish_steps_wait_for_correlated_replies() {
+    let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
+    for f in ["inventory", "release"] {
+        deploy(&s, f, sluice_guests::ok()).await;
+    }
+    assert_eq!(s.call("PUT", "/v1/queues/payments", None).await.0, 201);
+    assert_eq!(s.call("PUT", "/v1/topics/shipping", None).await.0, 201);
+    assert_eq!(
+        s.call("PUT", "/v1/topics/shipping/subscriptions/shipper", None)
+            .await
+            .0,
+        201
+    );
+    let def = json!({"steps": [
+        {"name": "reserve", "action": {"invoke": {"function": "inventory"}},
+         "compensation": {"invoke": {"function": "release"}}},
+        {"name": "charge",
+         "action": {"send": {"queue": "payments", "reply": "payment.charged",
+                             "failure": "payment.declined",
+                             "input": {"amount": "$/input/amount"}}},
+         "retry": {"max_attempts": 1}},
+        {"name": "ship", "action": {"publish": {"topic": "shipping", "reply": "shipped"}}}
+    ]});
+    let (status, v) = s
+        .call("PUT", "/v1/sagas/definitions/by-message", Some(def))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    for (id, amount) in [("m1", 100), ("m2", 900)] {
+        let (status, v) = s
+            .call(
+                "POST",
+                "/v1/sagas",
+                Some(json!({"definition": "by-message", "id": id, "input": {"amount": amount}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    // The payment service: charges up to 500.
+    let mut charged = 0;
+    while charged < 2 {
+        let (_, got) = s
+            .call(
+                "POST",
+                "/v1/queues/payments/receive",
+                Some(json!({"max": 10, "wait": "2s"})),
+            )
+            .await;
+        for m in got["messages"].as_array().unwrap() {
+            let command = &m["body"];
+            assert_eq!(command["type"], "sluice.saga.command");
+            assert_eq!(command["replyto"], "sluice.saga.replies");
+            let reply = if command["data"]["amount"].as_u64().unwrap() <= 500 {
+                reply_to(command, "payment.charged", json!({"charge": "c1"}))
+            } else {
+                reply_to(command, "payment.declined", json!("card declined"))
+            };
+            publish_reply(&s, &reply).await;
+            let (status, _) = s
+                .call(
+                    "POST",
+                    "/v1/queues/payments/ack",
+                    Some(json!({"receipts": [m["receipt"]]})),
+                )
+                .await;
+            assert_eq!(status, 200);
+            charged += 1;
+        }
+    }
+    // The shipping service: ships what reaches it.
+    let (_, got) = s
+        .call(
+            "POST",
+            "/v1/topics/shipping/subscriptions/shipper/receive",
+            Some(json!({"max": 10, "wait": "5s"})),
+        )
+        .await;
+    let commands = got["messages"].as_array().unwrap();
+    assert_eq!(commands.len(), 1, "only the paid order ships: {got}");
+    let command = &commands[0]["event"];
+    assert_eq!(command["sagaid"], "m1");
+    publish_reply(&s, &reply_to(command, "shipped", json!(null))).await;
+
+    let m1 = wait_terminal(&s, "m1").await;
+    assert_eq!(m1["status"], "completed", "{m1}");
+    assert_eq!(m1["steps"][1]["output"], json!({"charge": "c1"}));
+    let m2 = wait_terminal(&s, "m2").await;
+    assert_eq!(m2["status"], "compensated", "{m2}");
+    assert_eq!(m2["steps"][1]["last_error"], "card declined");
+    assert_eq!(m2["steps"][0]["status"], "compensated");
+}

@@ -21,6 +21,12 @@ use crate::{Error, Functions, Result, Target};
 
 /// The topic alerts go to (created when the first saga starts).
 pub const ALERTS_TOPIC: &str = "sluice.alerts";
+/// The topic replies to `send` and `publish` steps go to (created at start): a reply is a
+/// CloudEvent with the command's `sagaid`, `sagastep`, `sagaattempt` and `sagakind`
+/// attributes and the step's `reply` (or `failure`) type.
+pub const REPLIES_TOPIC: &str = "sluice.saga.replies";
+/// The runner's subscription of the replies topic.
+const REPLIES_SUBSCRIPTION: &str = "runner";
 /// The CloudEvent type of a saga's history events.
 const HISTORY_TYPE: &str = "sluice.saga.event";
 
@@ -111,6 +117,8 @@ impl Sagas {
                 cancel,
             }),
         };
+        this.ensure_replies().await?;
+        tokio::spawn(this.clone().reply_loop());
         for summary in this.summaries()? {
             if summary.status.is_terminal() {
                 continue;
@@ -285,6 +293,127 @@ impl Sagas {
         Ok((info, true))
     }
 
+    async fn ensure_replies(&self) -> Result<()> {
+        let b = &self.inner.broker;
+        if b.get_topic(REPLIES_TOPIC).is_err() {
+            let name = Name::new(REPLIES_TOPIC).expect("a valid name");
+            b.put_topic(&name, sluice_broker::TopicConfig::default())
+                .await?;
+        }
+        if b.get_subscription(REPLIES_TOPIC, REPLIES_SUBSCRIPTION)
+            .is_err()
+        {
+            let config: sluice_broker::SubscriptionConfig =
+                serde_json::from_value(json!({"start": "earliest"}))
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+            let name = Name::new(REPLIES_SUBSCRIPTION).expect("a valid name");
+            b.put_subscription(REPLIES_TOPIC, &name, config).await?;
+        }
+        Ok(())
+    }
+
+    /// Turns replies into results of the attempts they answer.
+    async fn reply_loop(self) {
+        let queue = Broker::subscription_queue(REPLIES_TOPIC, REPLIES_SUBSCRIPTION);
+        let stop = self.inner.cancel.clone();
+        while !stop.is_cancelled() {
+            let got = self
+                .inner
+                .broker
+                .receive(
+                    &queue,
+                    100,
+                    sluice_types::HumanDuration::from_millis(1_000),
+                    None,
+                    &stop,
+                )
+                .await;
+            let deliveries = match got {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "receiving saga replies failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            };
+            for d in &deliveries {
+                if let Some((id, event)) = self.reply_event(&d.body).await {
+                    self.feed(&id, event).await;
+                }
+            }
+            let receipts: Vec<String> = deliveries.into_iter().map(|d| d.receipt).collect();
+            if !receipts.is_empty()
+                && let Err(e) = self.inner.broker.ack(&queue, &receipts).await
+            {
+                tracing::error!(error = %e, "acking saga replies failed");
+            }
+        }
+    }
+
+    /// The saga and result a reply stands for; `None` for anything that is not the reply
+    /// of a running saga's step (it is acknowledged and dropped).
+    async fn reply_event(&self, body: &[u8]) -> Option<(String, Event)> {
+        let e: Value = serde_json::from_slice(body).ok()?;
+        let text = |k: &str| match &e[k] {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let id = text("sagaid")?;
+        let step: usize = text("sagastep")?.parse().ok()?;
+        let attempt: u32 = text("sagaattempt")?.parse().ok()?;
+        let compensation = text("sagakind")? == "compensation";
+        let ty = text("type")?;
+        let active = self.inner.active.lock().unwrap().get(&id).cloned()?;
+        let definition = active.lock().await.definition.clone();
+        let s = definition.steps.get(step)?;
+        let action = if compensation {
+            s.compensation.as_ref()?
+        } else {
+            &s.action
+        };
+        let (reply, failure) = match action {
+            Action::Send { reply, failure, .. } | Action::Publish { reply, failure, .. } => {
+                (reply, failure)
+            }
+            Action::Invoke { .. } => return None,
+        };
+        let data = e.get("data").cloned().unwrap_or(Value::Null);
+        let ok = if &ty == reply {
+            true
+        } else if failure.as_ref() == Some(&ty) {
+            false
+        } else {
+            return None;
+        };
+        let error = || match &data {
+            Value::String(s) => s.clone(),
+            Value::Null => format!("replied {ty}"),
+            other => other.to_string(),
+        };
+        let event = match (compensation, ok) {
+            (false, true) => Event::ActionSucceeded {
+                step,
+                attempt,
+                output: data.clone(),
+            },
+            (false, false) => Event::ActionFailed {
+                step,
+                attempt,
+                error: error(),
+            },
+            (true, true) => Event::CompensationSucceeded { step, attempt },
+            (true, false) => Event::CompensationFailed {
+                step,
+                attempt,
+                error: error(),
+            },
+        };
+        Some((id, event))
+    }
+
     async fn ensure_alerts_topic(&self) -> Result<()> {
         if self.inner.broker.get_topic(ALERTS_TOPIC).is_err() {
             let name = Name::new(ALERTS_TOPIC).expect("a valid name");
@@ -432,19 +561,27 @@ impl Sagas {
                     idempotency_key,
                 } => {
                     tokio::spawn(async move {
-                        let event =
-                            match this.run(&id, step, &action, input, &idempotency_key).await {
-                                Ok(output) => Event::ActionSucceeded {
-                                    step,
-                                    attempt,
-                                    output,
-                                },
-                                Err(error) => Event::ActionFailed {
-                                    step,
-                                    attempt,
-                                    error,
-                                },
-                            };
+                        let call = Call {
+                            id: &id,
+                            step,
+                            attempt,
+                            compensation: false,
+                            key: &idempotency_key,
+                        };
+                        let event = match this.run(&call, &action, input).await {
+                            // Sent: the reply brings the result.
+                            Ok(None) => return,
+                            Ok(Some(output)) => Event::ActionSucceeded {
+                                step,
+                                attempt,
+                                output,
+                            },
+                            Err(error) => Event::ActionFailed {
+                                step,
+                                attempt,
+                                error,
+                            },
+                        };
                         this.feed(&id, event).await;
                     });
                 }
@@ -456,15 +593,22 @@ impl Sagas {
                     idempotency_key,
                 } => {
                     tokio::spawn(async move {
-                        let event =
-                            match this.run(&id, step, &action, input, &idempotency_key).await {
-                                Ok(_) => Event::CompensationSucceeded { step, attempt },
-                                Err(error) => Event::CompensationFailed {
-                                    step,
-                                    attempt,
-                                    error,
-                                },
-                            };
+                        let call = Call {
+                            id: &id,
+                            step,
+                            attempt,
+                            compensation: true,
+                            key: &idempotency_key,
+                        };
+                        let event = match this.run(&call, &action, input).await {
+                            Ok(None) => return,
+                            Ok(Some(_)) => Event::CompensationSucceeded { step, attempt },
+                            Err(error) => Event::CompensationFailed {
+                                step,
+                                attempt,
+                                error,
+                            },
+                        };
                         this.feed(&id, event).await;
                     });
                 }
@@ -504,28 +648,34 @@ impl Sagas {
         }
     }
 
-    /// Runs an action; its output, or why it failed.
+    /// Runs an action: its output, `None` when a reply will bring the result, or why it
+    /// failed.
     async fn run(
         &self,
-        id: &str,
-        step: usize,
+        call: &Call<'_>,
         action: &Action,
         input: Value,
-        key: &str,
-    ) -> std::result::Result<Value, String> {
+    ) -> std::result::Result<Option<Value>, String> {
+        let mut e = Map::new();
+        e.insert("specversion".into(), "1.0".into());
+        e.insert("id".into(), call.key.into());
+        e.insert("source".into(), format!("/sluice/sagas/{}", call.id).into());
+        e.insert("subject".into(), call.id.into());
+        e.insert("datacontenttype".into(), "application/json".into());
+        e.insert("data".into(), input);
+        e.insert("sagaid".into(), call.id.into());
+        e.insert("sagastep".into(), Value::from(call.step as u64));
+        e.insert("sagaattempt".into(), Value::from(call.attempt));
+        let kind = if call.compensation {
+            "compensation"
+        } else {
+            "action"
+        };
+        e.insert("sagakind".into(), kind.into());
+        e.insert("idempotencykey".into(), call.key.into());
         match action {
             Action::Invoke { function, .. } => {
-                let mut e = Map::new();
-                e.insert("specversion".into(), "1.0".into());
-                e.insert("id".into(), key.into());
-                e.insert("source".into(), format!("/sluice/sagas/{id}").into());
                 e.insert("type".into(), "sluice.saga.action".into());
-                e.insert("subject".into(), id.into());
-                e.insert("datacontenttype".into(), "application/json".into());
-                e.insert("data".into(), input);
-                e.insert("sagaid".into(), id.into());
-                e.insert("sagastep".into(), Value::from(step as u64));
-                e.insert("idempotencykey".into(), key.into());
                 let r = self
                     .inner
                     .functions
@@ -537,12 +687,55 @@ impl Sagas {
                     None if r.outcome_name() == "partial_failure" => {
                         Err("the function failed its event".into())
                     }
-                    None => Ok(Value::Null),
+                    None => Ok(Some(Value::Null)),
                 }
             }
-            Action::Send { .. } | Action::Publish { .. } => Err(
-                "send and publish actions with replies are not supported by this server yet".into(),
-            ),
+            Action::Send { queue, .. } => {
+                e.insert("type".into(), "sluice.saga.command".into());
+                e.insert("replyto".into(), REPLIES_TOPIC.into());
+                let message = sluice_broker::NewMessage {
+                    body: serde_json::to_vec(&e).expect("an event serializes"),
+                    attributes: b"{}".to_vec(),
+                    ..Default::default()
+                };
+                let outcome = self
+                    .inner
+                    .broker
+                    .send(queue, vec![message])
+                    .await
+                    .map_err(|e| format!("sending the command to {queue:?}: {e}"))?;
+                match outcome.into_iter().next() {
+                    Some(sluice_broker::SendOutcome::Failed(e)) => {
+                        Err(format!("sending the command to {queue:?}: {e}"))
+                    }
+                    _ => Ok(None),
+                }
+            }
+            Action::Publish { topic, .. } => {
+                e.insert("type".into(), "sluice.saga.command".into());
+                e.insert("replyto".into(), REPLIES_TOPIC.into());
+                let outcome = self
+                    .inner
+                    .broker
+                    .publish(topic, vec![e])
+                    .await
+                    .map_err(|e| format!("publishing the command to {topic:?}: {e}"))?;
+                match outcome.into_iter().next() {
+                    Some(sluice_broker::PublishOutcome::Failed(e)) => {
+                        Err(format!("publishing the command to {topic:?}: {e}"))
+                    }
+                    _ => Ok(None),
+                }
+            }
         }
     }
+}
+
+/// Who an action call is for.
+struct Call<'a> {
+    id: &'a str,
+    step: usize,
+    attempt: u32,
+    compensation: bool,
+    key: &'a str,
 }
