@@ -21,7 +21,7 @@ use crate::{Error, Functions, Result, Target};
 
 /// The topic alerts go to (created when the first saga starts).
 pub const ALERTS_TOPIC: &str = "sluice.alerts";
-/// The topic replies to `send` and `publish` steps go to (created at start): a reply is a
+/// The topic replies to `send` and `publish` steps go to (created with the first saga): a reply is a
 /// CloudEvent with the command's `sagaid`, `sagastep`, `sagaattempt` and `sagakind`
 /// attributes and the step's `reply` (or `failure`) type.
 pub const REPLIES_TOPIC: &str = "sluice.saga.replies";
@@ -82,6 +82,8 @@ struct Inner {
     broker: Broker,
     active: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Active>>>>,
     cancel: CancellationToken,
+    /// Whether the reply loop runs.
+    replies_started: std::sync::atomic::AtomicBool,
 }
 
 fn index_key(id: &str) -> Vec<u8> {
@@ -115,10 +117,14 @@ impl Sagas {
                 broker,
                 active: Mutex::new(HashMap::new()),
                 cancel,
+                replies_started: Default::default(),
             }),
         };
-        this.ensure_replies().await?;
-        tokio::spawn(this.clone().reply_loop());
+        // Sagas were run before: listen for replies again. (A server that never ran one has
+        // no saga topics.)
+        if this.inner.broker.get_topic(REPLIES_TOPIC).is_ok() {
+            this.ensure_replies().await?;
+        }
         for summary in this.summaries()? {
             if summary.status.is_terminal() {
                 continue;
@@ -232,6 +238,7 @@ impl Sagas {
         sluice_broker::validate_stream_name(&stream_of(&id))
             .map_err(|e| Error::InvalidSettings(format!("saga id {id:?}: {e}")))?;
         self.ensure_alerts_topic().await?;
+        self.ensure_replies().await?;
         let now = self.inner.broker.now_ms();
         let summary = SagaSummary {
             id: id.clone(),
@@ -293,7 +300,16 @@ impl Sagas {
         Ok((info, true))
     }
 
+    /// Creates the replies topic and the runner's subscription if missing, and starts
+    /// reading replies (once).
     async fn ensure_replies(&self) -> Result<()> {
+        if self
+            .inner
+            .replies_started
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
         let b = &self.inner.broker;
         if b.get_topic(REPLIES_TOPIC).is_err() {
             let name = Name::new(REPLIES_TOPIC).expect("a valid name");
@@ -308,6 +324,13 @@ impl Sagas {
                     .map_err(|e| Error::Corrupt(e.to_string()))?;
             let name = Name::new(REPLIES_SUBSCRIPTION).expect("a valid name");
             b.put_subscription(REPLIES_TOPIC, &name, config).await?;
+        }
+        if !self
+            .inner
+            .replies_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(self.clone().reply_loop());
         }
         Ok(())
     }
