@@ -161,6 +161,30 @@ impl Http {
         Ok(())
     }
 
+    /// Deploys `wasm` as function `name`, allowing 1,000 invocations at once.
+    async fn deploy(&self, name: &str, wasm: &[u8]) -> anyhow::Result<()> {
+        let mut req = self
+            .client
+            .post(format!(
+                "{}/v1/functions/{name}/versions?concurrency=1000",
+                self.base
+            ))
+            .header("content-type", "application/wasm")
+            .body(wasm.to_vec());
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.context("deploying the benchmark guest")?;
+        if !resp.status().is_success() {
+            bail!(
+                "deploying the benchmark guest: HTTP {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
     async fn get(&self, path: &str) -> anyhow::Result<Vec<u8>> {
         let resp = self.open(path).await?;
         Ok(resp.bytes().await.context("reading the response")?.to_vec())
@@ -621,25 +645,7 @@ async fn w4(
         format!("bench-w4-{tag}"),
         format!("bench-w4-{tag}"),
     );
-    let mut req = http
-        .client
-        .post(format!(
-            "{}/v1/functions/{function}/versions?concurrency=1000",
-            http.base
-        ))
-        .header("content-type", "application/wasm")
-        .body(wasm.to_vec());
-    if let Some(t) = &http.token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.context("deploying the W4 guest")?;
-    if !resp.status().is_success() {
-        bail!(
-            "deploying the W4 guest: HTTP {}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-    }
+    http.deploy(&function, wasm).await?;
     http.put(&format!("/v1/queues/{queue}"), json!({})).await?;
     produce(http, &queue, n, args.batch, args.producers, args.size).await?;
     let t = Instant::now();
@@ -720,21 +726,7 @@ async fn sagas(
     let tag = format!("{}-{run}", std::process::id());
     let function = format!("bench-saga-{tag}");
     let definition = format!("bench-saga-{tag}");
-    let mut req = http
-        .client
-        .post(format!(
-            "{}/v1/functions/{function}/versions?concurrency=1000",
-            http.base
-        ))
-        .header("content-type", "application/wasm")
-        .body(wasm.to_vec());
-    if let Some(t) = &http.token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.context("deploying the saga guest")?;
-    if !resp.status().is_success() {
-        bail!("deploying the saga guest: HTTP {}", resp.status());
-    }
+    http.deploy(&function, wasm).await?;
     let step = |name: &str| json!({"name": name, "action": {"invoke": {"function": function}}});
     http.put(
         &format!("/v1/sagas/definitions/{definition}"),

@@ -22,15 +22,7 @@ fn checkout() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn definitions_are_versioned_and_bad_ones_name_the_field() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
-    let (status, v) = s
-        .call_with(
-            "POST",
-            "/v1/functions/inventory/versions",
-            &[("content-type", "application/wasm")],
-            sluice_guests::ok(),
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
+    deploy(&s, "inventory", sluice_guests::ok()).await;
     assert_eq!(s.call("PUT", "/v1/queues/payments", None).await.0, 201);
     assert_eq!(s.call("PUT", "/v1/topics/shipping", None).await.0, 201);
 
@@ -164,15 +156,7 @@ async fn definitions_are_versioned_and_bad_ones_name_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_command_defines_from_stdin() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
-    let (status, _) = s
-        .call_with(
-            "POST",
-            "/v1/functions/inventory/versions",
-            &[("content-type", "application/wasm")],
-            sluice_guests::ok(),
-        )
-        .await;
-    assert_eq!(status, 201);
+    deploy(&s, "inventory", sluice_guests::ok()).await;
     let sluice = |args: &[&str], stdin: &str| {
         use std::io::Write;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
