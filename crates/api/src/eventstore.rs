@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_broker::{
     ALL, Direction, Error as BrokerError, ExpectedVersion, GlobalPage, Index, READ_MAX,
-    RecordedEvent, StreamInfo, StreamMetadata, StreamState, validate_stream_name,
+    RecordedEvent, StreamInfo, StreamMetadata, StreamSelector, StreamState,
 };
 
 use crate::queues::to_json;
@@ -254,18 +254,7 @@ pub(crate) async fn read_type(
 }
 
 fn check_category(category: &str) -> Result<(), ApiError> {
-    if category.is_empty()
-        || category.contains('-')
-        || validate_stream_name(&format!("{category}-x")).is_err()
-    {
-        return Err(ApiError::bad_request(
-            code::INVALID_STREAM,
-            format!(
-                "{category:?} is not a category: the part of a stream name before its first '-'"
-            ),
-        ));
-    }
-    Ok(())
+    Ok(StreamSelector::Category(category).validate()?)
 }
 
 pub(crate) async fn info(
@@ -371,18 +360,12 @@ pub(crate) async fn put_stream_subscription(
     Path((stream, name)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if stream == ALL {
-        // Every stream: a pattern that matches any stream attribute.
-        return crate::topics::put_event_store_sub(
-            &state,
-            json!([{ "exists": true }]),
-            &name,
-            body,
-        )
-        .await;
-    }
-    validate_stream_name(&stream).map_err(|e| ApiError::bad_request(code::INVALID_STREAM, e))?;
-    crate::topics::put_event_store_sub(&state, json!([stream]), &name, body).await
+    let selector = if stream == ALL {
+        StreamSelector::All
+    } else {
+        StreamSelector::Stream(&stream)
+    };
+    crate::topics::put_event_store_sub(&state, selector, &name, body).await
 }
 
 pub(crate) async fn put_category_subscription(
@@ -390,9 +373,8 @@ pub(crate) async fn put_category_subscription(
     Path((category, name)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_category(&category)?;
-    let prefix = format!("{category}-");
-    crate::topics::put_event_store_sub(&state, json!([{ "prefix": prefix }]), &name, body).await
+    crate::topics::put_event_store_sub(&state, StreamSelector::Category(&category), &name, body)
+        .await
 }
 
 // ---- catch-up subscriptions over SSE ----

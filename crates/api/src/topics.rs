@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_broker::{
     ALL, Broker, Delivery, Error as BrokerError, EventError, PublishOutcome, STREAM_ATTRIBUTE,
-    Start, StoredEvent, SubscriptionConfig, SubscriptionInfo, TopicConfig, TopicInfo, TopicStats,
+    Start, StoredEvent, StreamSelector, SubscriptionConfig, SubscriptionInfo, TopicConfig,
+    TopicInfo, TopicStats,
 };
 use sluice_types::Name;
 
@@ -531,14 +532,15 @@ pub(crate) async fn put_sub(
 }
 
 /// Creates or updates a persistent subscription of the event store: a subscription of
-/// `$all` whose filter also selects `selector` (a stream or a category). It starts at the
-/// beginning unless the body says otherwise.
+/// `$all` whose filter also selects `selector` (a stream, a category or all). It starts at
+/// the beginning unless the body says otherwise.
 pub(crate) async fn put_event_store_sub(
     state: &AppState,
-    selector: Value,
+    selector: StreamSelector<'_>,
     sub: &str,
     body: Body,
 ) -> Result<Response, ApiError> {
+    selector.validate()?;
     let s = resource_name("subscription", sub)?;
     let mut raw: Map<String, Value> = read_json(state, body).await?;
     raw.entry("start").or_insert_with(|| json!("earliest"));
@@ -551,7 +553,7 @@ pub(crate) async fn put_event_store_sub(
                 )
                 .with_extra(json!({ "path": "filter.stream" })));
             }
-            f.insert(STREAM_ATTRIBUTE.to_owned(), selector);
+            f.insert(STREAM_ATTRIBUTE.to_owned(), selector.condition());
         }
         _ => {
             return Err(ApiError::bad_request(

@@ -28,7 +28,7 @@ use engine::Engine;
 pub use engine::streams::{
     ALL, AppendResult, Direction, EVENT_SIZE_MAX, GlobalPage, Index, READ_MAX, RecordedEvent,
     SNAPSHOT_SIZE_MAX, STREAM_ATTRIBUTE, Snapshot, StreamInfo, StreamMetadata, StreamPage,
-    VERSION_ATTRIBUTE,
+    StreamSelector, VERSION_ATTRIBUTE,
 };
 pub use event::EventError;
 pub use filter::{Filter, PatternError};

@@ -118,6 +118,32 @@ struct Http {
 }
 
 impl Http {
+    /// Sends `req` with the bearer token; an answer that is not a success is an error
+    /// naming `what` and carrying the server's text.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.context("request to the server")?;
+        if !resp.status().is_success() {
+            bail!(
+                "{what}: HTTP {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(resp)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     async fn post(&self, path: &str, body: String) -> anyhow::Result<Vec<u8>> {
         self.post_as(path, "application/json", body).await
     }
@@ -128,60 +154,29 @@ impl Http {
         content_type: &str,
         body: String,
     ) -> anyhow::Result<Vec<u8>> {
-        let mut req = self
+        let req = self
             .client
-            .post(format!("{}{path}", self.base))
+            .post(self.url(path))
             .header("content-type", content_type)
             .body(body);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.context("request to the server")?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.context("reading the response")?;
-        if !status.is_success() {
-            bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
-        }
-        Ok(bytes.to_vec())
+        let resp = self.send(req, path).await?;
+        Ok(resp.bytes().await.context("reading the response")?.to_vec())
     }
 
     async fn put(&self, path: &str, body: Value) -> anyhow::Result<()> {
-        let mut req = self.client.put(format!("{}{path}", self.base)).json(&body);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.context("request to the server")?;
-        if !resp.status().is_success() {
-            bail!(
-                "{path}: HTTP {}: {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
-        }
+        self.send(self.client.put(self.url(path)).json(&body), path)
+            .await?;
         Ok(())
     }
 
     /// Deploys `wasm` as function `name`, allowing 1,000 invocations at once.
     async fn deploy(&self, name: &str, wasm: &[u8]) -> anyhow::Result<()> {
-        let mut req = self
+        let req = self
             .client
-            .post(format!(
-                "{}/v1/functions/{name}/versions?concurrency=1000",
-                self.base
-            ))
+            .post(self.url(&format!("/v1/functions/{name}/versions?concurrency=1000")))
             .header("content-type", "application/wasm")
             .body(wasm.to_vec());
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.context("deploying the benchmark guest")?;
-        if !resp.status().is_success() {
-            bail!(
-                "deploying the benchmark guest: HTTP {}: {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
-        }
+        self.send(req, "deploying the benchmark guest").await?;
         Ok(())
     }
 
@@ -192,19 +187,7 @@ impl Http {
 
     /// A GET whose answer is read by the caller (a page, or a stream of events).
     async fn open(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        let mut req = self.client.get(format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.context("request to the server")?;
-        if !resp.status().is_success() {
-            bail!(
-                "{path}: HTTP {}: {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
-        }
-        Ok(resp)
+        self.send(self.client.get(self.url(path)), path).await
     }
 
     async fn delete(&self, path: &str) {
@@ -656,11 +639,8 @@ async fn w4(
     )
     .await?;
     loop {
-        let mut req = http.client.get(format!("{}/v1/queues/{queue}", http.base));
-        if let Some(tok) = &http.token {
-            req = req.bearer_auth(tok);
-        }
-        let q: Value = req.send().await?.json().await?;
+        let q: Value = serde_json::from_slice(&http.get(&format!("/v1/queues/{queue}")).await?)
+            .context("parsing the queue")?;
         let st = &q["stats"];
         if st["visible"] == 0 && st["leased"] == 0 && st["delayed"] == 0 {
             break;

@@ -9,4 +9,4 @@ pub mod stream;
 pub use append::{
     AppendError, Decision, ExpectedVersion, StreamHead, StreamState, check_expected, decide,
 };
-pub use stream::{Visibility, category, validate_name};
+pub use stream::{Visibility, category, validate_category, validate_name};

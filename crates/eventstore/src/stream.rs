@@ -40,6 +40,19 @@ pub fn category(stream: &str) -> Option<&str> {
     }
 }
 
+/// Why `category` is not one: a category is a non-empty stream-name prefix without `-`.
+pub fn validate_category(category: &str) -> Result<(), String> {
+    if category.is_empty()
+        || category.contains('-')
+        || validate_name(&format!("{category}-x")).is_err()
+    {
+        return Err(format!(
+            "{category:?} is not a category: the part of a stream name before its first '-'"
+        ));
+    }
+    Ok(())
+}
+
 /// What limits which of a stream's events are visible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Visibility {
@@ -102,6 +115,16 @@ mod tests {
             "a\0",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn category_names() {
+        for ok in ["order", "Order_1.2"] {
+            assert_eq!(validate_category(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a-b", "$all", "a b"] {
+            assert!(validate_category(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_broker::{
-    ALL, Broker, Error as BrokerError, STREAM_ATTRIBUTE, Start, SubscriptionConfig,
+    ALL, Broker, Error as BrokerError, STREAM_ATTRIBUTE, Start, StreamSelector, SubscriptionConfig,
 };
 use sluice_types::Name;
 
@@ -171,23 +171,13 @@ impl Projections {
             )));
         }
         let selector = match &config.source {
-            ProjectionSource::Stream(s) => {
-                sluice_broker::validate_stream_name(s).map_err(Error::InvalidSettings)?;
-                json!([s])
-            }
-            ProjectionSource::Category(c) => {
-                if c.is_empty()
-                    || c.contains('-')
-                    || sluice_broker::validate_stream_name(&format!("{c}-x")).is_err()
-                {
-                    return Err(Error::InvalidSettings(format!(
-                        "{c:?} is not a category: the part of a stream name before its first '-'"
-                    )));
-                }
-                json!([{ "prefix": format!("{c}-") }])
-            }
-            ProjectionSource::All => json!([{ "exists": true }]),
+            ProjectionSource::Stream(s) => StreamSelector::Stream(s),
+            ProjectionSource::Category(c) => StreamSelector::Category(c),
+            ProjectionSource::All => StreamSelector::All,
         };
+        selector
+            .validate()
+            .map_err(|e| Error::InvalidSettings(e.to_string()))?;
         self.functions
             .resolve(&config.function, &Target::Alias(config.alias.clone()))?;
         let _lock = self.lock.lock().await;
@@ -216,7 +206,7 @@ impl Projections {
             "start": "earliest",
             "fifo": true,
             "group_attribute": STREAM_ATTRIBUTE,
-            "filter": { STREAM_ATTRIBUTE: selector },
+            "filter": { STREAM_ATTRIBUTE: selector.condition() },
         }))
         .map_err(|e| Error::InvalidSettings(e.to_string()))?;
         if existing.is_none() {

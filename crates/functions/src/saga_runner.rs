@@ -92,6 +92,13 @@ fn index_key(id: &str) -> Vec<u8> {
     k
 }
 
+/// Key of an unfinished saga: what a start resumes, without reading every saga ever run.
+fn unfinished_key(id: &str) -> Vec<u8> {
+    let mut k = b"u\0".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 fn history_event(h: &HistoryEvent) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("specversion".into(), "1.0".into());
@@ -125,7 +132,7 @@ impl Sagas {
         if this.inner.broker.get_topic(REPLIES_TOPIC).is_ok() {
             this.ensure_replies().await?;
         }
-        for summary in this.summaries()? {
+        for summary in this.summaries(true)? {
             if summary.status.is_terminal() {
                 continue;
             }
@@ -153,9 +160,20 @@ impl Sagas {
         Ok(this)
     }
 
-    fn summaries(&self) -> Result<Vec<SagaSummary>> {
+    /// Every saga's summary, or (`unfinished_only`) those of sagas not ended.
+    fn summaries(&self, unfinished_only: bool) -> Result<Vec<SagaSummary>> {
         let ks = &self.inner.functions.inner.ks;
         let mut out = Vec::new();
+        if unfinished_only {
+            for k in ks.keys(b"u\0", b"u\x01", usize::MAX)? {
+                if let Some(v) = ks.get(&index_key(&String::from_utf8_lossy(&k[2..])))? {
+                    out.push(
+                        serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    );
+                }
+            }
+            return Ok(out);
+        }
         for (_, v) in ks.range(b"r\0", b"r\x01", usize::MAX)? {
             out.push(serde_json::from_slice(&v).map_err(|e| Error::Corrupt(e.to_string()))?);
         }
@@ -452,6 +470,7 @@ impl Sagas {
         let store = &self.inner.functions.inner.store;
         let mut batch = store.batch();
         batch.delete(&self.inner.functions.inner.ks, index_key(id));
+        batch.delete(&self.inner.functions.inner.ks, unfinished_key(id));
         store.commit(batch).await?;
         Ok(())
     }
@@ -459,11 +478,13 @@ impl Sagas {
     async fn put_summary(&self, s: &SagaSummary) -> Result<()> {
         let store = &self.inner.functions.inner.store;
         let mut batch = store.batch();
-        batch.put(
-            &self.inner.functions.inner.ks,
-            index_key(&s.id),
-            crate::encode(s),
-        );
+        let ks = &self.inner.functions.inner.ks;
+        batch.put(ks, index_key(&s.id), crate::encode(s));
+        if s.status.is_terminal() {
+            batch.delete(ks, unfinished_key(&s.id));
+        } else {
+            batch.put(ks, unfinished_key(&s.id), Vec::new());
+        }
         store.commit(batch).await?;
         Ok(())
     }
@@ -504,7 +525,7 @@ impl Sagas {
         definition: Option<&str>,
     ) -> Result<Vec<SagaSummary>> {
         Ok(self
-            .summaries()?
+            .summaries(false)?
             .into_iter()
             .filter(|s| status.is_none_or(|st| s.status == st))
             .filter(|s| definition.is_none_or(|d| s.definition == d))
@@ -582,59 +603,14 @@ impl Sagas {
                     action,
                     input,
                     idempotency_key,
-                } => {
-                    tokio::spawn(async move {
-                        let call = Call {
-                            id: &id,
-                            step,
-                            attempt,
-                            compensation: false,
-                            key: &idempotency_key,
-                        };
-                        let event = match this.run(&call, &action, input).await {
-                            // Sent: the reply brings the result.
-                            Ok(None) => return,
-                            Ok(Some(output)) => Event::ActionSucceeded {
-                                step,
-                                attempt,
-                                output,
-                            },
-                            Err(error) => Event::ActionFailed {
-                                step,
-                                attempt,
-                                error,
-                            },
-                        };
-                        this.feed(&id, event).await;
-                    });
-                }
+                } => self.spawn_run(id, step, attempt, false, action, input, idempotency_key),
                 Command::RunCompensation {
                     step,
                     attempt,
                     action,
                     input,
                     idempotency_key,
-                } => {
-                    tokio::spawn(async move {
-                        let call = Call {
-                            id: &id,
-                            step,
-                            attempt,
-                            compensation: true,
-                            key: &idempotency_key,
-                        };
-                        let event = match this.run(&call, &action, input).await {
-                            Ok(None) => return,
-                            Ok(Some(_)) => Event::CompensationSucceeded { step, attempt },
-                            Err(error) => Event::CompensationFailed {
-                                step,
-                                attempt,
-                                error,
-                            },
-                        };
-                        this.feed(&id, event).await;
-                    });
-                }
+                } => self.spawn_run(id, step, attempt, true, action, input, idempotency_key),
                 Command::SetTimer { timer, at_ms } => {
                     let wait = at_ms.saturating_sub(self.inner.broker.now_ms());
                     let stop = self.inner.cancel.clone();
@@ -669,6 +645,52 @@ impl Sagas {
                 }
             }
         }
+    }
+
+    /// Runs an action or compensation in a task and feeds its result back (unless a reply
+    /// will bring it).
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_run(
+        &self,
+        id: String,
+        step: usize,
+        attempt: u32,
+        compensation: bool,
+        action: Action,
+        input: Value,
+        key: String,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let call = Call {
+                id: &id,
+                step,
+                attempt,
+                compensation,
+                key: &key,
+            };
+            let event = match (compensation, this.run(&call, &action, input).await) {
+                // Sent: the reply brings the result.
+                (_, Ok(None)) => return,
+                (false, Ok(Some(output))) => Event::ActionSucceeded {
+                    step,
+                    attempt,
+                    output,
+                },
+                (false, Err(error)) => Event::ActionFailed {
+                    step,
+                    attempt,
+                    error,
+                },
+                (true, Ok(Some(_))) => Event::CompensationSucceeded { step, attempt },
+                (true, Err(error)) => Event::CompensationFailed {
+                    step,
+                    attempt,
+                    error,
+                },
+            };
+            this.feed(&id, event).await;
+        });
     }
 
     /// Runs an action: its output, `None` when a reply will bring the result, or why it

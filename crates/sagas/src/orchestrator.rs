@@ -328,7 +328,7 @@ pub fn resume(def: &SagaDefinition, saga: &Saga) -> Vec<Command> {
         let started = st.started_ms.unwrap_or(0);
         match st.status {
             StepStatus::Running { attempt } => {
-                if let Some(c) = run(saga, step, i, attempt, false, &ctx) {
+                if let Ok(c) = run(saga, step, i, attempt, false, &ctx) {
                     out.push(c);
                 }
                 out.push(Command::SetTimer {
@@ -341,7 +341,7 @@ pub fn resume(def: &SagaDefinition, saga: &Saga) -> Vec<Command> {
                 at_ms: st.ended_ms.unwrap_or(started) + step.retry.delay_ms(attempt + 1),
             }),
             StepStatus::Compensating { attempt } => {
-                if let Some(c) = run(saga, step, i, attempt, true, &ctx) {
+                if let Ok(c) = run(saga, step, i, attempt, true, &ctx) {
                     out.push(c);
                 }
                 out.push(Command::SetTimer {
@@ -360,8 +360,8 @@ pub fn resume(def: &SagaDefinition, saga: &Saga) -> Vec<Command> {
     out
 }
 
-/// The run command of `step`'s action or compensation, with its input mapped; `None` if
-/// the mapping fails (the caller turns that into a failure).
+/// The run command of `step`'s action or compensation, with its input mapped, or why
+/// there is none (the caller turns that into a failure).
 fn run(
     saga: &Saga,
     step: &Step,
@@ -369,15 +369,21 @@ fn run(
     attempt: u32,
     compensation: bool,
     ctx: &Value,
-) -> Option<Command> {
+) -> Result<Command, String> {
     let action = if compensation {
-        step.compensation.clone()?
+        step.compensation.clone().ok_or("no compensation")?
     } else {
         step.action.clone()
     };
-    let input = mapping::evaluate(action.input(), ctx).ok()?;
+    let input = mapping::evaluate(action.input(), ctx).map_err(|e| {
+        if compensation {
+            format!("compensation input: {e}")
+        } else {
+            format!("input: {e}")
+        }
+    })?;
     let idempotency_key = idempotency_key(&saga.id, &step.name, attempt, compensation);
-    Some(if compensation {
+    Ok(if compensation {
         Command::RunCompensation {
             step: index,
             attempt,
@@ -406,28 +412,23 @@ fn start_action(
 ) {
     let ctx = saga.context(def);
     let s = &def.steps[step];
-    match mapping::evaluate(s.action.input(), &ctx) {
-        Ok(_) => {}
-        Err(e) => {
-            // An input that cannot be mapped fails the step at once: retrying maps the
-            // same values.
-            let st = &mut saga.steps[step];
-            st.attempts = attempt;
-            st.started_ms = Some(now);
-            st.status = StepStatus::Running { attempt };
-            fail_for_good(def, saga, step, format!("input: {e}"), now, out);
-            return;
-        }
-    }
+    let command = run(saga, s, step, attempt, false, &ctx);
     let st = &mut saga.steps[step];
-    st.status = StepStatus::Running { attempt };
     st.attempts = attempt;
     st.started_ms = Some(now);
-    out.extend(run(saga, s, step, attempt, false, &ctx));
-    out.push(Command::SetTimer {
-        timer: Timer::ActionTimeout { step, attempt },
-        at_ms: now + s.timeout.as_millis(),
-    });
+    match command {
+        Ok(c) => {
+            st.status = StepStatus::Running { attempt };
+            out.push(c);
+            out.push(Command::SetTimer {
+                timer: Timer::ActionTimeout { step, attempt },
+                at_ms: now + s.timeout.as_millis(),
+            });
+        }
+        // An input that cannot be mapped fails the step at once: retrying maps the same
+        // values.
+        Err(error) => fail_for_good(def, saga, step, error, now, out),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -515,24 +516,14 @@ fn start_compensation(
     st.compensation_attempts = attempt;
     st.started_ms = Some(now);
     match run(saga, s, step, attempt, true, &ctx) {
-        Some(c) => {
+        Ok(c) => {
             out.push(c);
             out.push(Command::SetTimer {
                 timer: Timer::CompensationTimeout { step, attempt },
                 at_ms: now + s.timeout.as_millis(),
             });
         }
-        None => {
-            let error = match s
-                .compensation
-                .as_ref()
-                .map(|c| mapping::evaluate(c.input(), &ctx))
-            {
-                Some(Err(e)) => format!("compensation input: {e}"),
-                _ => "no compensation".into(),
-            };
-            end_compensation_failed(def, saga, step, error, now, out);
-        }
+        Err(error) => end_compensation_failed(def, saga, step, error, now, out),
     }
 }
 

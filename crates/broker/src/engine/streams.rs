@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use sluice_eventstore::{
     self as es, AppendError, Decision, ExpectedVersion, StreamHead, StreamState, Visibility,
 };
@@ -209,6 +209,35 @@ struct StoredSnapshot {
     version: u64,
     data: Value,
     saved_ms: u64,
+}
+
+/// What an event-store subscription selects: one stream, a category, or every stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamSelector<'a> {
+    Stream(&'a str),
+    Category(&'a str),
+    All,
+}
+
+impl StreamSelector<'_> {
+    /// Checks the stream or category name.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            StreamSelector::Stream(s) => es::validate_name(s).map_err(Error::InvalidStream),
+            StreamSelector::Category(c) => es::validate_category(c).map_err(Error::InvalidStream),
+            StreamSelector::All => Ok(()),
+        }
+    }
+
+    /// The filter condition on the `stream` attribute that selects it (a category is the
+    /// prefix `category-`).
+    pub fn condition(&self) -> Value {
+        match self {
+            StreamSelector::Stream(s) => json!([s]),
+            StreamSelector::Category(c) => json!([{ "prefix": format!("{c}-") }]),
+            StreamSelector::All => json!([{ "exists": true }]),
+        }
+    }
 }
 
 /// Which global index a read uses.
