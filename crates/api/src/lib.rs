@@ -7,6 +7,7 @@
 mod error;
 mod eventstore;
 mod functions;
+mod metrics;
 mod projections;
 mod queues;
 mod sagas;
@@ -31,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, code};
+pub use metrics::Connections;
 
 /// The OpenAPI document served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -73,6 +75,7 @@ struct Inner {
     /// Cancelled at shutdown: long polls answer at once with what they have.
     shutdown: CancellationToken,
     draining: AtomicBool,
+    connections: Arc<Connections>,
 }
 
 impl AppState {
@@ -96,8 +99,14 @@ impl AppState {
                 options,
                 shutdown,
                 draining: AtomicBool::new(false),
+                connections: Arc::default(),
             }),
         }
+    }
+
+    /// The connection counts `/metrics` reports; the listener keeps them.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.inner.connections.clone()
     }
 
     /// Marks the server as draining: `/readyz` answers 503 from now on.
@@ -278,6 +287,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(metrics::metrics)
+                .route_layer(middleware::from_fn_with_state(state.clone(), authenticate)),
+        )
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -23,8 +23,8 @@ use crate::delivery::{
     self, DeadLetterReason, GroupTable, Lease, LeaseTable, Release, ReleaseCause,
 };
 use crate::{
-    DeadLetterInfo, Delivery, Error, KEY_LEN_MAX, Nack, NewMessage, QueueConfig, QueueInfo,
-    QueueStats, ReceiptOutcome, Redrive, Result, SendOutcome, Waker, config,
+    DeadLetterInfo, Delivery, Error, KEY_LEN_MAX, Nack, NewMessage, QueueActivity, QueueConfig,
+    QueueInfo, QueueStats, ReceiptOutcome, Redrive, Result, SendOutcome, Waker, config,
 };
 
 /// Ready entries kept in memory per standard queue.
@@ -71,6 +71,8 @@ struct QueueState {
     created_ms: u64,
     config: QueueConfig,
     counters: Counters,
+    /// Counts since start, for metrics.
+    activity: QueueActivity,
     /// Next ready entries of a standard queue, in ready order: `(rseq, seq)`.
     window: VecDeque<(u64, u64)>,
     /// The next ready sequence number not yet scanned into the window.
@@ -97,6 +99,7 @@ impl QueueState {
             created_ms: meta.created_ms,
             config: meta.config,
             counters,
+            activity: QueueActivity::default(),
             window: VecDeque::new(),
             window_scan_next: 0,
             window_complete: false,
@@ -142,6 +145,7 @@ impl QueueState {
             sent_total: c.sent_total,
             expired_total: c.expired_total,
             dedup_hits_total: c.dedup_hits_total,
+            activity: self.activity,
         }
     }
 }
@@ -164,6 +168,8 @@ pub(crate) struct Engine {
     dirty_topics: HashSet<String>,
     /// Streams with events to scavenge, and when to look at each next.
     scavenge: HashMap<String, u64>,
+    /// Event-store appends since start.
+    stream_activity: streams::StreamActivity,
 }
 
 fn read_u64(ks: &Keyspace, key: &[u8]) -> Result<u64> {
@@ -207,6 +213,7 @@ impl Engine {
             topics: HashMap::new(),
             dirty_topics: HashSet::new(),
             scavenge: HashMap::new(),
+            stream_activity: streams::StreamActivity::default(),
         };
         engine.load_topics()?;
         engine.ensure_all_topic(now)?;
@@ -540,6 +547,31 @@ impl Engine {
             .into_iter()
             .map(|n| self.info(&self.queues[n], now))
             .collect()
+    }
+
+    /// Every queue and subscription with its counts, by name, and the event store's
+    /// append counts: what `/metrics` reports.
+    pub(crate) fn metrics(
+        &self,
+        now: u64,
+    ) -> Result<(Vec<crate::QueueMetrics>, streams::StreamActivity)> {
+        let mut names: Vec<&String> = self.queues.keys().collect();
+        names.sort();
+        let mut queues = Vec::with_capacity(names.len());
+        for n in names {
+            let q = &self.queues[n];
+            let (subscription, backlog) = match self.subscription_of(q) {
+                Some((topic, sub, backlog)) => (Some((topic, sub)), backlog),
+                None => (None, 0),
+            };
+            queues.push(crate::QueueMetrics {
+                name: q.name.clone(),
+                subscription,
+                backlog,
+                stats: q.stats(self.oldest_sent(q)?, now),
+            });
+        }
+        Ok((queues, self.stream_activity))
     }
 
     fn dead_letter_users(&self, name: &str) -> Vec<String> {
@@ -937,6 +969,10 @@ impl Engine {
                 q.counters.ready -= 1;
             }
             q.counters.leased += 1;
+            q.activity.received += 1;
+            if state.receive_count > 1 {
+                q.activity.redelivered += 1;
+            }
             q.leases.insert(
                 seq,
                 Lease {
@@ -1102,6 +1138,7 @@ impl Engine {
             let q = self.queue_mut(name)?;
             let lease = q.leases.remove(seq).ok_or(Error::ReceiptStale)?;
             q.counters.leased -= 1;
+            q.activity.acked += 1;
             self.dirty.insert(qid);
             batch.delete(
                 &self.ks.index,
@@ -1205,6 +1242,10 @@ impl Engine {
         let q = self.queue_mut(name)?;
         let lease = q.leases.remove(seq).ok_or(Error::ReceiptStale)?;
         q.counters.leased -= 1;
+        match cause {
+            ReleaseCause::LeaseExpired => q.activity.lease_expired += 1,
+            ReleaseCause::Nacked { .. } => q.activity.nacked += 1,
+        }
         let config = q.config.clone();
         self.dirty.insert(qid);
         batch.delete(
@@ -1280,7 +1321,9 @@ impl Engine {
                     at_ms: now,
                     source_seq: (!owns_records).then_some(seq),
                 });
-                self.queue_mut(name)?.counters.dead_lettered += 1;
+                let q = self.queue_mut(name)?;
+                q.counters.dead_lettered += 1;
+                q.activity.dead_letter_moves += 1;
                 // A subscription's events are numbered by topic offset, which another
                 // source's message may share: the copy gets a sequence number of its own.
                 let dlq_seq = if owns_records {

@@ -27,8 +27,8 @@ pub use engine::Commit;
 use engine::Engine;
 pub use engine::streams::{
     ALL, AppendResult, Direction, EVENT_SIZE_MAX, GlobalPage, Index, READ_MAX, RecordedEvent,
-    SNAPSHOT_SIZE_MAX, STREAM_ATTRIBUTE, Snapshot, StreamInfo, StreamMetadata, StreamPage,
-    StreamSelector, VERSION_ATTRIBUTE,
+    SNAPSHOT_SIZE_MAX, STREAM_ATTRIBUTE, Snapshot, StreamActivity, StreamInfo, StreamMetadata,
+    StreamPage, StreamSelector, VERSION_ATTRIBUTE,
 };
 pub use event::EventError;
 pub use filter::{Filter, PatternError};
@@ -218,6 +218,24 @@ pub struct QueueStats {
     pub sent_total: u64,
     pub expired_total: u64,
     pub dedup_hits_total: u64,
+    /// Counts since the server started.
+    pub activity: QueueActivity,
+}
+
+/// What happened to a queue's messages since the server started (these counters are not
+/// persisted; Prometheus treats a restart as a counter reset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueActivity {
+    /// Deliveries (leases), first ones and redeliveries.
+    pub received: u64,
+    /// Deliveries of a message that had been delivered before.
+    pub redelivered: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    /// Leases that ran out before an ack or nack.
+    pub lease_expired: u64,
+    /// Messages moved from this queue to its dead-letter queue.
+    pub dead_letter_moves: u64,
 }
 
 /// A queue's definition and counts.
@@ -289,9 +307,33 @@ pub struct TopicStats {
     /// Compacted topics: live keys.
     pub keys: Option<u64>,
     pub published_total: u64,
+    /// Bytes published since the server started.
+    pub published_bytes: u64,
     pub dedup_hits_total: u64,
     pub expired_total: u64,
     pub compacted_total: u64,
+}
+
+/// Everything the broker counts, at one moment, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct BrokerMetrics {
+    /// Queues and subscriptions, by name.
+    pub queues: Vec<QueueMetrics>,
+    /// Topics (the event store's `$all` among them), by name.
+    pub topics: Vec<TopicInfo>,
+    pub streams: StreamActivity,
+    pub store: sluice_store::Metrics,
+}
+
+/// One queue's or subscription's counts.
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    pub name: String,
+    /// A subscription's topic and name; `None` for a queue.
+    pub subscription: Option<(String, String)>,
+    /// A subscription's events after its cursor, before filtering; 0 for a queue.
+    pub backlog: u64,
+    pub stats: QueueStats,
 }
 
 /// A topic's definition and counts.
@@ -587,6 +629,21 @@ impl Broker {
         let (outcomes, ticket) = self.lock().extend(queue, receipts, lease_timeout, now)?;
         self.shared.store.durable(ticket).await?;
         Ok(outcomes)
+    }
+
+    /// Everything the broker and its store count, at one moment.
+    pub fn metrics(&self) -> Result<BrokerMetrics> {
+        let now = self.now();
+        let engine = self.lock();
+        let (queues, streams) = engine.metrics(now)?;
+        let topics = engine.all_topics();
+        drop(engine);
+        Ok(BrokerMetrics {
+            queues,
+            topics,
+            streams,
+            store: self.shared.store.metrics(),
+        })
     }
 
     /// Removes every message of the queue, leased ones included. Returns how many.

@@ -9,6 +9,7 @@
 pub mod convert;
 mod host;
 pub mod logs;
+pub mod metrics;
 pub mod projections;
 pub mod registry;
 pub mod saga_runner;
@@ -17,6 +18,7 @@ pub mod triggers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ use sluice_store::{Keyspace, Store};
 use sluice_types::{Name, SharedClock};
 use tokio::sync::Semaphore;
 
+pub use metrics::FunctionMetricsSnapshot;
 pub use projections::{ProjectionConfig, ProjectionInfo, ProjectionSource, Projections};
 pub use registry::{FunctionMeta, LIVE, VersionMeta, VersionSettings};
 pub use sluice_runtime::{FailedEvent, RuntimeConfig};
@@ -159,6 +162,15 @@ impl InvocationResult {
     }
 }
 
+/// Counts an invocation as in flight until dropped, on every way out of `invoke`.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A function name and version number.
 type VersionKey = (String, u32);
 
@@ -185,6 +197,7 @@ struct Inner {
     compiles: Semaphore,
     rng: Mutex<StdRng>,
     logs: logs::Logs,
+    metrics: metrics::Registry,
 }
 
 impl Functions {
@@ -222,6 +235,7 @@ impl Functions {
             compiles: Semaphore::new(COMPILES_MAX),
             rng: Mutex::new(StdRng::from_os_rng()),
             logs,
+            metrics: metrics::Registry::default(),
         };
         let this = Self {
             inner: Arc::new(inner),
@@ -502,6 +516,7 @@ impl Functions {
         self.forget(name, None);
         self.inner.broker.kv_drop(name).await?;
         self.inner.logs.drop_function(name)?;
+        self.inner.metrics.remove(name);
         let dir = self.inner.dir.join(name);
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
@@ -629,6 +644,9 @@ impl Functions {
             .expect("never closed");
         let guest_events: Vec<_> = events.iter().map(convert::to_guest).collect();
         let host = Arc::new(host::BrokerHost::new(self.inner.broker.clone(), name));
+        let metrics = self.inner.metrics.of(name);
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(&metrics.in_flight);
         let limits = Limits {
             memory: vmeta.settings.memory.0,
             timeout: vmeta.settings.timeout.to_std(),
@@ -667,11 +685,33 @@ impl Functions {
                 Err(Error::Broker(e)) if is_retryable_commit(&e) => {
                     result.commit_error = Some(format!("effects not committed: {e}"));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    metrics.invocations.fetch_add(1, Ordering::Relaxed);
+                    metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
+        }
+        drop(in_flight);
+        metrics.invocations.fetch_add(1, Ordering::Relaxed);
+        if result.failed().is_some() {
+            metrics.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.duration.observe(result.duration.as_secs_f64());
+        if result.cold {
+            metrics.cold_starts.fetch_add(1, Ordering::Relaxed);
+            metrics.cold_start.observe(result.instantiate.as_secs_f64());
+        }
+        if let Some(fuel) = result.fuel {
+            metrics.fuel.fetch_add(fuel, Ordering::Relaxed);
         }
         self.record(name, &result, trigger, attempt, events.len(), started_ms);
         Ok(result)
+    }
+
+    /// Every function's invocation counts since start, by name.
+    pub fn metrics(&self) -> Vec<FunctionMetricsSnapshot> {
+        self.inner.metrics.snapshot()
     }
 
     async fn commit(

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sluice_broker::{Broker, Delivery, Error as BrokerError, Nack};
+use sluice_types::metrics::{COUNT_BUCKETS, Histogram};
 use sluice_types::{HumanDuration, Name};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -157,7 +158,7 @@ impl RateLimiter {
 }
 
 /// Counters of one trigger since the server started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TriggerStats {
     pub invocations: AtomicU64,
     pub events: AtomicU64,
@@ -171,7 +172,26 @@ pub struct TriggerStats {
     pub throttled_concurrency: AtomicU64,
     /// Times an invocation waited for the rate limit.
     pub throttled_rate: AtomicU64,
+    /// Events per invocation.
+    pub batch_sizes: Histogram,
     pub last_error: Mutex<Option<String>>,
+}
+
+impl Default for TriggerStats {
+    fn default() -> Self {
+        Self {
+            invocations: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            partial_failures: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            throttled_concurrency: AtomicU64::new(0),
+            throttled_rate: AtomicU64::new(0),
+            batch_sizes: Histogram::new(COUNT_BUCKETS),
+            last_error: Mutex::new(None),
+        }
+    }
 }
 
 /// A trigger as answered by get and list.
@@ -566,6 +586,7 @@ impl Invocation {
         self.stats
             .events
             .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+        self.stats.batch_sizes.observe(deliveries.len() as f64);
         let events: Vec<Map<String, Value>> = deliveries
             .iter()
             .map(|d| as_event(&self.config.source, d))

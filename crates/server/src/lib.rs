@@ -226,7 +226,8 @@ impl Server {
             long_polls.clone(),
         );
         let app = sluice_api::router(state.clone());
-        let listener = listener::Limited::new(listener, config.connections_max);
+        let listener =
+            listener::Limited::new(listener, config.connections_max, state.connections());
 
         let stop = cancel.clone();
         let drain_state = state.clone();

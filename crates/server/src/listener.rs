@@ -5,8 +5,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
+use sluice_api::Connections;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -14,13 +16,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) struct Limited {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    counts: Arc<Connections>,
 }
 
 impl Limited {
-    pub(crate) fn new(inner: TcpListener, max: usize) -> Self {
+    pub(crate) fn new(inner: TcpListener, max: usize, counts: Arc<Connections>) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(max.max(1))),
+            counts,
         }
     }
 }
@@ -29,6 +33,13 @@ impl Limited {
 pub(crate) struct Conn {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    counts: Arc<Connections>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.counts.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl axum::serve::Listener for Limited {
@@ -46,10 +57,13 @@ impl axum::serve::Listener for Limited {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    self.counts.open.fetch_add(1, Ordering::Relaxed);
+                    self.counts.accepted.fetch_add(1, Ordering::Relaxed);
                     return (
                         Conn {
                             stream,
                             _slot: slot,
+                            counts: self.counts.clone(),
                         },
                         addr,
                     );

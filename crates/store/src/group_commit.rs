@@ -12,9 +12,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fjall::{Database, PersistMode};
+use sluice_types::metrics::{COUNT_BUCKETS, Histogram, SECONDS_BUCKETS};
 use tokio::sync::watch;
 
-use crate::{Error, Result, Stats};
+use crate::{Error, Metrics, Result, Stats};
 
 /// Identifies a write in journal order; durable once the syncer has persisted up to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,6 +38,10 @@ struct Shared {
     /// Tickets issued; a write takes its ticket only after its journal append returned.
     written: AtomicU64,
     syncs: AtomicU64,
+    /// How long each journal persist took.
+    sync_seconds: Histogram,
+    /// Batches each persist made durable: the group in group commit.
+    sync_batches: Histogram,
     healthy: AtomicBool,
     wake: Mutex<Wake>,
     cond: Condvar,
@@ -55,6 +60,8 @@ impl GroupCommit {
         let shared = Arc::new(Shared {
             written: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            sync_seconds: Histogram::new(SECONDS_BUCKETS),
+            sync_batches: Histogram::new(COUNT_BUCKETS),
             healthy: AtomicBool::new(true),
             wake: Mutex::new(Wake::default()),
             cond: Condvar::new(),
@@ -128,6 +135,14 @@ impl GroupCommit {
         Stats {
             batches: self.shared.written.load(Ordering::Relaxed),
             syncs: self.shared.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> Metrics {
+        Metrics {
+            stats: self.stats(),
+            sync_seconds: self.shared.sync_seconds.snapshot(),
+            sync_batches: self.shared.sync_batches.snapshot(),
         }
     }
 
@@ -253,8 +268,13 @@ fn sync_loop(
         if target == synced && background.is_some() {
             continue;
         }
+        let started = std::time::Instant::now();
         match journal.sync() {
             Ok(()) => {
+                shared.sync_seconds.observe(started.elapsed().as_secs_f64());
+                if target > synced {
+                    shared.sync_batches.observe((target - synced) as f64);
+                }
                 synced = target;
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(Synced::UpTo(target));

@@ -82,6 +82,16 @@ pub struct Stats {
     pub syncs: u64,
 }
 
+/// Write counters and the persist histograms, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub stats: Stats,
+    /// Seconds each journal persist (an fdatasync in strict mode) took.
+    pub sync_seconds: sluice_types::metrics::HistogramSnapshot,
+    /// Batches each persist made durable.
+    pub sync_batches: sluice_types::metrics::HistogramSnapshot,
+}
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -188,6 +198,11 @@ impl Store {
     /// Write counters so far.
     pub fn stats(&self) -> Stats {
         self.inner.commit.stats()
+    }
+
+    /// Counters and histograms for `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        self.inner.commit.metrics()
     }
 
     /// Whether the store still accepts writes (false after a failed persist).

@@ -1,10 +1,11 @@
-//! Shared vocabulary of Sluice: resource names, human durations and sizes, timestamps, and the injected clock.
+//! Shared vocabulary of Sluice: resource names, human durations and sizes, timestamps, the injected clock, and metric primitives.
 //!
 //! Every other crate depends on this one and it depends on nothing of ours, so it holds only
 //! plain values with their parsing and validation rules.
 
 mod clock;
 mod duration;
+pub mod metrics;
 mod name;
 mod size;
 mod timestamp;

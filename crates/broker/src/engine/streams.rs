@@ -170,6 +170,18 @@ pub struct AppendResult {
     pub appended: bool,
 }
 
+/// Event-store appends since the server started, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamActivity {
+    /// Appends that wrote events.
+    pub appends: u64,
+    pub appended_events: u64,
+    /// Retries of appends that had already happened: answered, nothing written.
+    pub idempotent_retries: u64,
+    /// Appends refused for a wrong expected version or an event id seen elsewhere.
+    pub conflicts: u64,
+}
+
 /// Which way a stream is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -482,6 +494,7 @@ impl Engine {
             t.counters.events += 1;
             t.counters.bytes += json.len() as u64;
             t.counters.published_total += 1;
+            t.published_bytes += json.len() as u64;
             if i == 0 {
                 first_position = position;
             }
@@ -528,7 +541,21 @@ impl Engine {
         now: u64,
     ) -> Result<(AppendResult, Ticket, Vec<Waker>)> {
         let mut batch = self.store.batch();
-        let (result, woken) = self.append_into(&mut batch, stream, expected, events, now)?;
+        let n = events.len() as u64;
+        let outcome = self.append_into(&mut batch, stream, expected, events, now);
+        let a = &mut self.stream_activity;
+        match &outcome {
+            Ok((r, _)) if r.appended => {
+                a.appends += 1;
+                a.appended_events += n;
+            }
+            Ok(_) => a.idempotent_retries += 1,
+            Err(Error::WrongExpectedVersion { .. } | Error::EventIdConflict { .. }) => {
+                a.conflicts += 1
+            }
+            Err(_) => {}
+        }
+        let (result, woken) = outcome?;
         Ok((result, self.write(batch)?, woken))
     }
 

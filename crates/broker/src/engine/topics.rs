@@ -149,6 +149,8 @@ pub(crate) struct TopicState {
     created_ms: u64,
     config: TopicConfig,
     pub(crate) counters: TopicCounters,
+    /// Bytes of events published since the server started, for metrics.
+    pub(crate) published_bytes: u64,
     notify: Waker,
     housekeeping_next_check: u64,
 }
@@ -236,6 +238,7 @@ impl Engine {
                     created_ms: meta.created_ms,
                     config: meta.config,
                     counters,
+                    published_bytes: 0,
                     notify: Arc::new(Notify::new()),
                     housekeeping_next_check: 0,
                 },
@@ -359,6 +362,7 @@ impl Engine {
                         created_ms: now,
                         config,
                         counters: TopicCounters::default(),
+                        published_bytes: 0,
                         notify: Arc::new(Notify::new()),
                         housekeeping_next_check: 0,
                     },
@@ -406,6 +410,7 @@ impl Engine {
                 bytes: c.bytes,
                 keys: t.config.compaction.as_ref().map(|_| c.keys),
                 published_total: c.published_total,
+                published_bytes: t.published_bytes,
                 dedup_hits_total: c.dedup_hits_total,
                 expired_total: c.expired_total,
                 compacted_total: c.compacted_total,
@@ -420,6 +425,31 @@ impl Engine {
 
     pub(crate) fn get_topic(&self, name: &str) -> Result<TopicInfo> {
         Ok(self.topic_info(self.topic(name)?))
+    }
+
+    /// Every topic, internal ones included, by name: what `/metrics` reports.
+    pub(crate) fn all_topics(&self) -> Vec<TopicInfo> {
+        let mut names: Vec<&String> = self.topics.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| self.topic_info(&self.topics[n]))
+            .collect()
+    }
+
+    /// The topic, subscription name and backlog (events after the cursor) of a
+    /// subscription's queue; `None` for a queue.
+    pub(super) fn subscription_of(&self, q: &QueueState) -> Option<(String, String, u64)> {
+        let src = q.source.as_ref()?;
+        let next = self
+            .topics
+            .get(&src.topic)
+            .map_or(0, |t| t.counters.next_offset);
+        Some((
+            src.topic.clone(),
+            src.subscription.clone(),
+            next.saturating_sub(q.counters.cursor),
+        ))
     }
 
     pub(crate) fn list_topics(&self) -> Vec<TopicInfo> {
@@ -560,6 +590,7 @@ impl Engine {
             t.counters.events += 1;
             t.counters.bytes += json.len() as u64;
             t.counters.published_total += 1;
+            t.published_bytes += json.len() as u64;
             if let Some(d) = &dedup_id {
                 self.remember_dedup(batch, tid, d, now + config.dedup_window.as_millis(), offset);
                 batch_dedup.insert(d.clone(), offset);
