@@ -385,7 +385,8 @@ pub(crate) async fn invoke(
     };
     let mut events = Vec::with_capacity(raw.len());
     for (i, e) in raw.into_iter().enumerate() {
-        let ev = sluice_broker::event::normalize(e, now, || state.broker().new_event_id())
+        let random = state.broker().random();
+        let ev = sluice_broker::event::normalize(e, now, || state.broker().new_event_id(), random)
             .map_err(|err| {
                 ApiError::bad_request(code::INVALID_EVENT, format!("events[{i}]: {err}"))
                     .with_extra(json!({ "attribute": err.attribute }))

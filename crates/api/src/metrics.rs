@@ -381,6 +381,15 @@ fn write_triggers(e: &mut Exposition, all: &[TriggerInfo]) {
     }
     each(
         e,
+        "sluice_trigger_loops_stopped_total",
+        Kind::Counter,
+        "Events the trigger stopped as loops: past the hop limit, dead-lettered with reason loop_detected.",
+        all,
+        labels,
+        |t| load(&t.stats.loops_stopped),
+    );
+    each(
+        e,
         "sluice_trigger_in_flight_invocations",
         Kind::Gauge,
         "Invocations of the trigger running now.",

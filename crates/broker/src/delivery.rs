@@ -26,6 +26,8 @@ pub enum DeadLetterReason {
     Nacked,
     /// Its consumer nacked it with this error text.
     Error(String),
+    /// It had come more hops from its root event than a chain may take.
+    LoopDetected,
 }
 
 impl DeadLetterReason {
@@ -35,6 +37,7 @@ impl DeadLetterReason {
             DeadLetterReason::LeaseExpired => "lease_expired",
             DeadLetterReason::Nacked => "nacked",
             DeadLetterReason::Error(_) => "error",
+            DeadLetterReason::LoopDetected => "loop_detected",
         }
     }
 }
@@ -49,6 +52,8 @@ pub enum ReleaseCause {
         delay_ms: Option<u64>,
         reason: Option<String>,
     },
+    /// Handling it would extend an event chain past its hop limit.
+    LoopDetected,
 }
 
 /// What happens to a released message.
@@ -58,6 +63,8 @@ pub enum Release {
     Retry { at_ms: u64 },
     /// Move it to the dead-letter queue.
     DeadLetter(DeadLetterReason),
+    /// Remove it: it may not be handled and there is no dead-letter queue to keep it.
+    Discard,
 }
 
 /// Decides the fate of a message released after `receive_count` deliveries.
@@ -71,6 +78,11 @@ pub fn release(
     let exhausted = config.dead_letter_queue.is_some()
         && config.max_attempts.is_some_and(|max| receive_count >= max);
     match cause {
+        // A loop is stopped at once: into the dead-letter queue if there is one, else out.
+        ReleaseCause::LoopDetected if config.dead_letter_queue.is_some() => {
+            Release::DeadLetter(DeadLetterReason::LoopDetected)
+        }
+        ReleaseCause::LoopDetected => Release::Discard,
         ReleaseCause::LeaseExpired if exhausted => {
             Release::DeadLetter(DeadLetterReason::LeaseExpired)
         }

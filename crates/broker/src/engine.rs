@@ -185,6 +185,10 @@ impl Engine {
         topics::new_event_id(&mut self.rng)
     }
 
+    pub(crate) fn random(&mut self) -> u128 {
+        self.rng.random()
+    }
+
     pub(crate) fn open(store: Store, now: u64, seed: Option<u64>) -> Result<Self> {
         let ks = Keyspaces {
             meta: store.keyspace("meta")?,
@@ -1197,6 +1201,36 @@ impl Engine {
         nack: &Nack,
         now: u64,
     ) -> Result<(Vec<ReceiptOutcome>, Vec<Waker>)> {
+        self.release_into(batch, name, receipts, now, || ReleaseCause::Nacked {
+            delay_ms: nack.delay.map(HumanDuration::as_millis),
+            reason: nack.reason.clone(),
+        })
+    }
+
+    /// Stops leased messages that would extend an event chain past its hop limit: each
+    /// moves to the dead-letter queue with reason `loop_detected`, or is removed if the
+    /// queue has none.
+    pub(crate) fn stop_loops(
+        &mut self,
+        name: &str,
+        receipts: &[String],
+        now: u64,
+    ) -> Result<(Vec<ReceiptOutcome>, Ticket, Vec<Waker>)> {
+        let mut batch = self.store.batch();
+        let (outcomes, woken) = self.release_into(&mut batch, name, receipts, now, || {
+            ReleaseCause::LoopDetected
+        })?;
+        Ok((outcomes, self.write(batch)?, woken))
+    }
+
+    fn release_into(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        receipts: &[String],
+        now: u64,
+        cause: impl Fn() -> ReleaseCause,
+    ) -> Result<(Vec<ReceiptOutcome>, Vec<Waker>)> {
         let mut outcomes = Vec::with_capacity(receipts.len());
         let mut woken = vec![self.queue(name)?.notify.clone()];
         let mut removed = HashSet::new();
@@ -1208,11 +1242,7 @@ impl Engine {
                     continue;
                 }
             };
-            let cause = ReleaseCause::Nacked {
-                delay_ms: nack.delay.map(HumanDuration::as_millis),
-                reason: nack.reason.clone(),
-            };
-            if let Some(w) = self.release_lease(batch, name, seq, cause, &mut removed, now)? {
+            if let Some(w) = self.release_lease(batch, name, seq, cause(), &mut removed, now)? {
                 woken.push(w);
             }
             outcomes.push(Ok(()));
@@ -1245,6 +1275,7 @@ impl Engine {
         match cause {
             ReleaseCause::LeaseExpired => q.activity.lease_expired += 1,
             ReleaseCause::Nacked { .. } => q.activity.nacked += 1,
+            ReleaseCause::LoopDetected => {}
         }
         let config = q.config.clone();
         self.dirty.insert(qid);
@@ -1271,13 +1302,17 @@ impl Engine {
                 batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
                 Ok(None)
             }
-            Release::DeadLetter(reason) => {
-                let dlq_name = config
-                    .dead_letter_queue
-                    .as_ref()
-                    .map(|n| n.to_string())
-                    .ok_or_else(|| Error::NoDeadLetterQueue(name.to_owned()))?;
-                let dlq_qid = self.queue(&dlq_name)?.qid;
+            decision @ (Release::DeadLetter(_) | Release::Discard) => {
+                let dlq_name = match &decision {
+                    Release::DeadLetter(_) => Some(
+                        config
+                            .dead_letter_queue
+                            .as_ref()
+                            .map(|n| n.to_string())
+                            .ok_or_else(|| Error::NoDeadLetterQueue(name.to_owned()))?,
+                    ),
+                    _ => None,
+                };
                 let owns_records = self.owns_records(qid);
                 let record = self.read_record(qid, seq)?;
                 if owns_records {
@@ -1305,6 +1340,12 @@ impl Engine {
                     self.queue_mut(name)?.counters.expired_total += 1;
                     return Ok(None);
                 };
+                let (Some(dlq_name), Release::DeadLetter(reason)) = (dlq_name, decision) else {
+                    // Discarded: removed like an ack; nothing else keeps it.
+                    self.release_dead_letter_count(&record)?;
+                    return Ok(None);
+                };
+                let dlq_qid = self.queue(&dlq_name)?.qid;
                 // A message dead-lettered twice (from a DLQ with its own DLQ) frees its
                 // first source's count.
                 self.release_dead_letter_count(&record)?;

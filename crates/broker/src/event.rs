@@ -1,5 +1,5 @@
-//! CloudEvents 1.0 in structured form: validating an event, filling in a missing `id` and
-//! `time`, and the canonical JSON a topic stores. Pure: the caller supplies time and ids.
+//! CloudEvents 1.0 in structured form: validating an event, filling in a missing `id`,
+//! `time` and root context, and the canonical JSON a topic stores. Pure: the caller supplies time and ids.
 
 use serde_json::{Map, Value};
 
@@ -91,10 +91,12 @@ fn is_base64(s: &str) -> bool {
 
 /// Validates a structured-mode event and fills in a missing `id` (with `new_id()`) and
 /// `time` (with `now_ms`).
+/// `random` starts a new trace for an event that names none (see [`crate::context`]).
 pub fn normalize(
     mut obj: Map<String, Value>,
     now_ms: u64,
     new_id: impl FnOnce() -> String,
+    random: u128,
 ) -> Result<Event, EventError> {
     match obj.get("specversion") {
         Some(Value::String(v)) if v == "1.0" => {}
@@ -196,6 +198,7 @@ pub fn normalize(
             format!("more than {EXTENSIONS_MAX} extension attributes"),
         ));
     }
+    crate::context::fill_root(&mut obj, &id, random).map_err(|(a, m)| bad(a, m))?;
     Ok(Event {
         id,
         source,
@@ -222,6 +225,7 @@ mod tests {
             obj(json!({"specversion": "1.0", "source": "/s", "type": "t", "data": {"a": 1}})),
             1000,
             || "gen-1".into(),
+            1,
         )
         .unwrap();
         assert_eq!(e.id, "gen-1");
@@ -235,6 +239,7 @@ mod tests {
             ),
             1000,
             || unreachable!(),
+            1,
         )
         .unwrap();
         assert!(e.client_id);
@@ -284,14 +289,14 @@ mod tests {
             } else {
                 o.insert((*attr).into(), value.clone());
             }
-            let e = normalize(o, 0, || "g".into()).unwrap_err();
+            let e = normalize(o, 0, || "g".into(), 1).unwrap_err();
             assert!(e.to_string().starts_with(want), "{attr}: got {e}");
         }
         let mut both = obj(base);
         both.insert("data".into(), json!(1));
         both.insert("data_base64".into(), json!("AA=="));
         assert_eq!(
-            normalize(both, 0, || "g".into()).unwrap_err().attribute,
+            normalize(both, 0, || "g".into(), 1).unwrap_err().attribute,
             "data_base64"
         );
     }

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod context;
 pub mod delivery;
 mod engine;
 pub mod event;
@@ -631,6 +632,24 @@ impl Broker {
         Ok(outcomes)
     }
 
+    /// Stops leased messages whose handling would extend an event chain past its hop
+    /// limit: into the queue's dead-letter queue with reason `loop_detected`, or removed
+    /// if it has none.
+    pub async fn stop_loops(
+        &self,
+        queue: &str,
+        receipts: &[String],
+    ) -> Result<Vec<ReceiptOutcome>> {
+        check_batch(receipts.len())?;
+        let now = self.now();
+        let (outcomes, ticket, woken) = self.lock().stop_loops(queue, receipts, now)?;
+        self.shared.store.durable(ticket).await?;
+        for n in woken {
+            n.notify_waiters();
+        }
+        Ok(outcomes)
+    }
+
     /// Everything the broker and its store count, at one moment.
     pub fn metrics(&self) -> Result<BrokerMetrics> {
         let now = self.now();
@@ -972,6 +991,11 @@ impl Broker {
     /// A new random CloudEvent id (a version 4 UUID), as publish gives events without one.
     pub fn new_event_id(&self) -> String {
         self.lock().new_event_id()
+    }
+
+    /// 128 bits from the broker's random source (new trace and span ids).
+    pub fn random(&self) -> u128 {
+        self.lock().random()
     }
 
     /// Now, by the broker's clock, in milliseconds since the Unix epoch.

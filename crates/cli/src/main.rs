@@ -106,6 +106,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Most hops an event chain may take from its root event; an event that would go
+    /// further is dead-lettered with reason `loop_detected` and an alert is published.
+    #[arg(long, env = "SLUICE_MAX_HOPS", default_value_t = 32)]
+    max_hops: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -165,6 +169,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..sluice_server::RuntimeConfig::default()
         },
         unload_idle_after: args.unload_idle_after.to_std(),
+        hops_max: args.max_hops.max(1),
         ..sluice_server::Config::default()
     };
     let durability = config.durability;

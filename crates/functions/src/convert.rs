@@ -5,6 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 use sluice_broker::NewMessage;
+use sluice_broker::context::{EventContext, Inherited};
 use sluice_runtime::{Event, OutgoingEvent, SendEffect};
 use sluice_types::HumanDuration;
 
@@ -120,13 +121,29 @@ pub fn from_guest(function: &str, e: &OutgoingEvent) -> Result<Map<String, Value
     Ok(m)
 }
 
-/// The queue message for a function's send.
-pub fn to_message(e: &SendEffect) -> Result<NewMessage, String> {
+/// What the outputs of invocation `id` of `events` inherit: the trace of the first
+/// input (with a span of the invocation's own), its correlation id, the first input as
+/// cause, and one hop more than any input.
+pub fn inherited(events: &[Map<String, Value>], id: &str, random: u128) -> Inherited {
+    let inputs: Vec<EventContext> = events
+        .iter()
+        .map(|e| EventContext::of(e.get("id").and_then(Value::as_str).unwrap_or_default(), e))
+        .collect();
+    Inherited::of(&inputs, id, random as u64, random >> 64)
+}
+
+/// The queue message for a function's send, carrying its invocation's context (when
+/// given) in its attributes.
+pub fn to_message(e: &SendEffect, inherited: Option<&Inherited>) -> Result<NewMessage, String> {
     serde_json::from_str::<serde::de::IgnoredAny>(&e.body)
         .map_err(|err| format!("the body is not JSON: {err}"))?;
+    let mut attributes = Map::new();
+    if let Some(i) = inherited {
+        i.stamp_attributes(&mut attributes);
+    }
     Ok(NewMessage {
         body: e.body.as_bytes().to_vec(),
-        attributes: b"{}".to_vec(),
+        attributes: serde_json::to_vec(&attributes).expect("a JSON object serializes"),
         group: e.group.clone(),
         dedup_id: e.dedup_id.clone(),
         delay: e.delay_ms.map(HumanDuration::from_millis),
@@ -245,8 +262,12 @@ mod tests {
             group: None,
             dedup_id: None,
         };
-        let m = to_message(&send(r#"{"a":1}"#)).unwrap();
+        let m = to_message(&send(r#"{"a":1}"#), None).unwrap();
         assert_eq!(m.delay, Some(HumanDuration::from_millis(1500)));
-        assert!(to_message(&send("{oops")).unwrap_err().contains("not JSON"));
+        assert!(
+            to_message(&send("{oops"), None)
+                .unwrap_err()
+                .contains("not JSON")
+        );
     }
 }

@@ -47,7 +47,7 @@ impl Host for BrokerHost {
     }
 
     fn check_send(&self, message: &SendEffect) -> Result<(), String> {
-        let m = convert::to_message(message)?;
+        let m = convert::to_message(message, None)?;
         self.broker
             .check_send(&message.queue, &m)
             .map_err(|e| e.to_string())

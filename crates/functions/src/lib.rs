@@ -6,6 +6,7 @@
 //! artifacts live, which version an alias points at, how many invocations of
 //! a version run at once, and the commit.
 
+pub mod alerts;
 pub mod convert;
 mod host;
 pub mod logs;
@@ -678,7 +679,7 @@ impl Functions {
         };
         if !matches!(result.outcome, Outcome::Failed(_)) {
             match self
-                .commit(name, events, &inv.effects, &failed, input)
+                .commit(name, &result.id, events, &inv.effects, &failed, input)
                 .await
             {
                 Ok(()) => result.effects = inv.effects,
@@ -714,9 +715,13 @@ impl Functions {
         self.inner.metrics.snapshot()
     }
 
+    /// Writes what invocation `id` did, with the ack of its input, in one batch. What it
+    /// publishes and sends inherits the context of its input events (trace, correlation,
+    /// causation, hop count).
     async fn commit(
         &self,
         name: &str,
+        id: &str,
         events: &[Map<String, Value>],
         effects: &Effects,
         failed: &[FailedEvent],
@@ -726,15 +731,20 @@ impl Functions {
             kv_scope: name.to_owned(),
             ..Commit::default()
         };
-        for p in &effects.published {
-            let event = convert::from_guest(name, &p.event).map_err(Error::InvalidInvocation)?;
-            commit.publish.push((p.topic.clone(), event));
-        }
-        for s in &effects.sent {
-            commit.send.push((
-                s.queue.clone(),
-                convert::to_message(s).map_err(Error::InvalidInvocation)?,
-            ));
+        if !effects.published.is_empty() || !effects.sent.is_empty() {
+            let inherited = convert::inherited(events, id, self.inner.broker.random());
+            for p in &effects.published {
+                let mut event =
+                    convert::from_guest(name, &p.event).map_err(Error::InvalidInvocation)?;
+                inherited.stamp_event(&mut event);
+                commit.publish.push((p.topic.clone(), event));
+            }
+            for s in &effects.sent {
+                commit.send.push((
+                    s.queue.clone(),
+                    convert::to_message(s, Some(&inherited)).map_err(Error::InvalidInvocation)?,
+                ));
+            }
         }
         commit.writes = effects.writes.clone();
         commit.expected = effects.expected.clone();

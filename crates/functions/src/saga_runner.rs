@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Functions, Result, Target};
 
-/// The topic alerts go to (created when the first saga starts).
-pub const ALERTS_TOPIC: &str = "sluice.alerts";
+pub use crate::alerts::ALERTS_TOPIC;
 /// The topic replies to `send` and `publish` steps go to (created with the first saga): a reply is a
 /// CloudEvent with the command's `sagaid`, `sagastep`, `sagaattempt` and `sagakind`
 /// attributes and the step's `reply` (or `failure`) type.
@@ -456,14 +455,7 @@ impl Sagas {
     }
 
     async fn ensure_alerts_topic(&self) -> Result<()> {
-        if self.inner.broker.get_topic(ALERTS_TOPIC).is_err() {
-            let name = Name::new(ALERTS_TOPIC).expect("a valid name");
-            self.inner
-                .broker
-                .put_topic(&name, sluice_broker::TopicConfig::default())
-                .await?;
-        }
-        Ok(())
+        Ok(crate::alerts::ensure_topic(&self.inner.broker).await?)
     }
 
     async fn delete_summary(&self, id: &str) -> Result<()> {
@@ -625,18 +617,15 @@ impl Sagas {
                 }
                 Command::Alert { step, error } => {
                     tokio::spawn(async move {
-                        let mut e = Map::new();
-                        e.insert("specversion".into(), "1.0".into());
-                        e.insert("source".into(), "/sluice/sagas".into());
-                        e.insert("type".into(), "sluice.saga.compensation_failed".into());
-                        e.insert("subject".into(), id.clone().into());
-                        e.insert(
-                            "data".into(),
-                            json!({"saga": id, "step": step, "error": error}),
-                        );
-                        if let Err(err) = this.inner.broker.publish(ALERTS_TOPIC, vec![e]).await {
-                            tracing::error!(saga = %id, error = %err, "publishing a saga alert failed");
-                        }
+                        let data = json!({"saga": id, "step": step, "error": error});
+                        crate::alerts::publish(
+                            &this.inner.broker,
+                            "/sluice/sagas",
+                            "saga.compensation_failed",
+                            &id,
+                            data,
+                        )
+                        .await;
                     });
                 }
                 Command::Finished { status } => {

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
+use sluice_broker::context::{self, EventContext};
 use sluice_broker::{Broker, Delivery, Error as BrokerError, Nack};
 use sluice_types::metrics::{COUNT_BUCKETS, Histogram};
 use sluice_types::{HumanDuration, Name};
@@ -172,6 +173,8 @@ pub struct TriggerStats {
     pub throttled_concurrency: AtomicU64,
     /// Times an invocation waited for the rate limit.
     pub throttled_rate: AtomicU64,
+    /// Events stopped as loops (past the hop limit).
+    pub loops_stopped: AtomicU64,
     /// Events per invocation.
     pub batch_sizes: Histogram,
     pub last_error: Mutex<Option<String>>,
@@ -188,6 +191,7 @@ impl Default for TriggerStats {
             max_in_flight: AtomicU64::new(0),
             throttled_concurrency: AtomicU64::new(0),
             throttled_rate: AtomicU64::new(0),
+            loops_stopped: AtomicU64::new(0),
             batch_sizes: Histogram::new(COUNT_BUCKETS),
             last_error: Mutex::new(None),
         }
@@ -221,6 +225,7 @@ struct TriggersInner {
     running: Mutex<HashMap<String, Running>>,
     lock: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
+    hops_max: u32,
 }
 
 fn trigger_key(name: &str) -> Vec<u8> {
@@ -231,7 +236,13 @@ fn trigger_key(name: &str) -> Vec<u8> {
 
 impl Triggers {
     /// Loads the stored triggers and starts their loops, which stop when `cancel` is.
-    pub fn start(functions: Functions, broker: Broker, cancel: CancellationToken) -> Result<Self> {
+    /// Events `hops_max` hops from their root are not handled (see [`Invocation::run`]).
+    pub fn start(
+        functions: Functions,
+        broker: Broker,
+        cancel: CancellationToken,
+        hops_max: u32,
+    ) -> Result<Self> {
         let this = Self {
             inner: Arc::new(TriggersInner {
                 functions: functions.clone(),
@@ -239,6 +250,7 @@ impl Triggers {
                 running: Mutex::new(HashMap::new()),
                 lock: tokio::sync::Mutex::new(()),
                 cancel,
+                hops_max,
             }),
         };
         for (k, v) in functions.inner.ks.range(b"t\0", b"t\x01", usize::MAX)? {
@@ -261,6 +273,7 @@ impl Triggers {
             broker: self.inner.broker.clone(),
             stop: stop.clone(),
             paused: paused_rx,
+            hops_max: self.inner.hops_max,
         };
         tokio::spawn(runner.run());
         let old = self.inner.running.lock().unwrap().insert(
@@ -423,6 +436,7 @@ struct Runner {
     broker: Broker,
     stop: CancellationToken,
     paused: watch::Receiver<bool>,
+    hops_max: u32,
 }
 
 /// Added to the function's timeout to make a trigger's lease.
@@ -505,6 +519,7 @@ impl Runner {
                 stats: self.stats.clone(),
                 functions: self.functions.clone(),
                 broker: self.broker.clone(),
+                hops_max: self.hops_max,
             };
             tokio::spawn(async move {
                 invocation.run(deliveries).await;
@@ -574,10 +589,15 @@ struct Invocation {
     stats: Arc<TriggerStats>,
     functions: Functions,
     broker: Broker,
+    hops_max: u32,
 }
 
 impl Invocation {
     async fn run(self, deliveries: Vec<Delivery>) {
+        let (deliveries, events) = self.stop_loops(deliveries).await;
+        if deliveries.is_empty() {
+            return;
+        }
         let in_flight = self.stats.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.stats
             .max_in_flight
@@ -587,10 +607,6 @@ impl Invocation {
             .events
             .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
         self.stats.batch_sizes.observe(deliveries.len() as f64);
-        let events: Vec<Map<String, Value>> = deliveries
-            .iter()
-            .map(|d| as_event(&self.config.source, d))
-            .collect();
         let input = Input {
             queue: self.queue.clone(),
             receipts: deliveries.iter().map(|d| d.receipt.clone()).collect(),
@@ -635,6 +651,63 @@ impl Invocation {
     }
 }
 
+impl Invocation {
+    /// Takes out of the batch every event whose handling would extend its chain past
+    /// `hops_max` hops: it goes to the source's dead-letter queue with reason
+    /// `loop_detected` (or is removed if there is none) and an alert carrying the event
+    /// is published. Returns the rest with their events.
+    async fn stop_loops(
+        &self,
+        deliveries: Vec<Delivery>,
+    ) -> (Vec<Delivery>, Vec<Map<String, Value>>) {
+        let mut keep = Vec::with_capacity(deliveries.len());
+        let mut events = Vec::with_capacity(deliveries.len());
+        let mut stopped = Vec::new();
+        for d in deliveries {
+            let event = as_event(&self.config.source, &d);
+            let id = event.get("id").and_then(Value::as_str).unwrap_or_default();
+            let hops = EventContext::of(id, &event).hops;
+            if context::within_hops(hops, self.hops_max) {
+                keep.push(d);
+                events.push(event);
+            } else {
+                stopped.push((d, event, hops));
+            }
+        }
+        if stopped.is_empty() {
+            return (keep, events);
+        }
+        self.stats
+            .loops_stopped
+            .fetch_add(stopped.len() as u64, Ordering::Relaxed);
+        let receipts: Vec<String> = stopped.iter().map(|(d, _, _)| d.receipt.clone()).collect();
+        if let Err(e) = self.broker.stop_loops(&self.queue, &receipts).await {
+            // The leases run out and the events come back to be stopped again.
+            tracing::warn!(trigger = %self.trigger, error = %e, "stopping looping events");
+            return (keep, events);
+        }
+        for (_, event, hops) in stopped {
+            let id = event
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            tracing::warn!(trigger = %self.trigger, event = %id, hops, "event loop stopped");
+            let data = json!({
+                "trigger": self.trigger,
+                "function": self.config.function,
+                "queue": self.queue,
+                "hops": hops,
+                "max_hops": self.hops_max,
+                "event": event,
+            });
+            crate::alerts::publish(&self.broker, "/sluice/triggers", "loop_detected", &id, data)
+                .await;
+        }
+        (keep, events)
+    }
+}
+
 /// The CloudEvent a delivery stands for: a subscription's event as published,
 /// or a queue message wrapped as `sluice.queue.message`.
 pub fn as_event(source: &Source, d: &Delivery) -> Map<String, Value> {
@@ -665,7 +738,47 @@ pub fn as_event(source: &Source, d: &Delivery) -> Map<String, Value> {
         m.insert("sluicegroup".into(), g.clone().into());
     }
     m.insert("sluiceattempt".into(), d.receive_count.to_string().into());
+    lift_context(&mut m, d);
     m
+}
+
+/// Gives a queue message's wrapper event the context the message carries: in its
+/// attributes when a function sent it, in its body when a subscription forwarded an event
+/// into the queue. A message without one is a root.
+fn lift_context(m: &mut Map<String, Value>, d: &Delivery) {
+    use sluice_broker::context::{
+        CAUSATION_ID, CORRELATION_ID, HOP_COUNT, INVOCATION_ID, TRACEPARENT, TRACESTATE,
+    };
+    let attributes: Map<String, Value> = serde_json::from_slice(&d.attributes).unwrap_or_default();
+    let carrier = if attributes.contains_key(TRACEPARENT) {
+        attributes
+    } else if attributes.contains_key("topic")
+        && let Some(Value::Object(event)) = m.get("data")
+    {
+        event.clone()
+    } else {
+        return;
+    };
+    for k in [
+        TRACEPARENT,
+        TRACESTATE,
+        CORRELATION_ID,
+        CAUSATION_ID,
+        INVOCATION_ID,
+    ] {
+        if let Some(Value::String(v)) = carrier.get(k) {
+            m.insert(k.into(), v.clone().into());
+        }
+    }
+    if let Some(h) = carrier.get(HOP_COUNT) {
+        let hops = match h {
+            Value::String(s) => s.parse::<u64>().ok(),
+            v => v.as_u64(),
+        };
+        if let Some(hops) = hops {
+            m.insert(HOP_COUNT.into(), hops.into());
+        }
+    }
 }
 
 #[cfg(test)]

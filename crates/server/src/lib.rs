@@ -45,6 +45,8 @@ pub struct Config {
     /// A loaded function version not invoked for this long is unloaded (its compiled
     /// code unmapped); the next invocation loads it again.
     pub unload_idle_after: Duration,
+    /// Most hops an event chain may take from its root before it is stopped as a loop.
+    pub hops_max: u32,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             store: sluice_store::Options::default(),
             runtime: sluice_functions::RuntimeConfig::default(),
             unload_idle_after: Duration::from_secs(600),
+            hops_max: sluice_broker::context::HOPS_MAX_DEFAULT,
         }
     }
 }
@@ -197,6 +200,7 @@ impl Server {
             functions.clone(),
             broker.clone(),
             cancel.child_token(),
+            config.hops_max,
         )?;
         let projections = sluice_functions::Projections::start(
             functions.clone(),

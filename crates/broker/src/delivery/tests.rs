@@ -132,6 +132,26 @@ fn release_retries_until_attempts_run_out_then_dead_letters() {
             ReleaseCause::LeaseExpired,
             Release::DeadLetter(DeadLetterReason::LeaseExpired),
         ),
+        // A loop is stopped on its first delivery, attempts left or not.
+        (
+            queue(Some(5), true),
+            1,
+            ReleaseCause::LoopDetected,
+            Release::DeadLetter(DeadLetterReason::LoopDetected),
+        ),
+        (
+            queue(None, true),
+            1,
+            ReleaseCause::LoopDetected,
+            Release::DeadLetter(DeadLetterReason::LoopDetected),
+        ),
+        // Without a dead-letter queue it is removed.
+        (
+            queue(None, false),
+            1,
+            ReleaseCause::LoopDetected,
+            Release::Discard,
+        ),
     ];
     for (config, count, cause, want) in cases {
         let got = release(&config, count, cause.clone(), now, 0.0);

@@ -16,6 +16,7 @@
 //! - `s{stream}` → the latest snapshot, JSON
 //! - `x{stream}` → nothing: events below the visible range are still to be scavenged
 
+use rand::Rng as _;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -429,9 +430,10 @@ impl Engine {
         }
         let mut normalized = Vec::with_capacity(events.len());
         for (i, obj) in events.into_iter().enumerate() {
+            let random: u128 = self.rng.random();
             let rng = &mut self.rng;
-            let mut ev =
-                event::normalize(obj, now, || super::topics::new_event_id(rng)).map_err(|e| {
+            let mut ev = event::normalize(obj, now, || super::topics::new_event_id(rng), random)
+                .map_err(|e| {
                     Error::InvalidEvent(EventError {
                         attribute: format!("events[{i}].{}", e.attribute),
                         message: e.message,

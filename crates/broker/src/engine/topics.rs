@@ -499,7 +499,7 @@ impl Engine {
         now: u64,
     ) -> Result<()> {
         let config = &self.user_topic(name)?.config;
-        let ev = event::normalize(event.clone(), now, || "unassigned".to_owned())
+        let ev = event::normalize(event.clone(), now, || "unassigned".to_owned(), 1)
             .map_err(Error::InvalidEvent)?;
         let size = serde_json::to_vec(&ev.value)
             .expect("a JSON object serializes")
@@ -541,8 +541,9 @@ impl Engine {
         // Compacted topics: whether each key touched in this batch is live after it.
         let mut batch_keys: HashMap<String, bool> = HashMap::new();
         for obj in events {
+            let random: u128 = self.rng.random();
             let rng = &mut self.rng;
-            let ev = match event::normalize(obj, now, || new_event_id(rng)) {
+            let ev = match event::normalize(obj, now, || new_event_id(rng), random) {
                 Ok(ev) => ev,
                 Err(e) => {
                     outcomes.push(PublishOutcome::Failed(Error::InvalidEvent(e)));
