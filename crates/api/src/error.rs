@@ -68,6 +68,7 @@ pub mod code {
     pub const INVALID_SAGA: &str = "invalid_saga";
     pub const SAGA_DEFINITION_NOT_FOUND: &str = "saga_definition_not_found";
     pub const SAGA_NOT_FOUND: &str = "saga_not_found";
+    pub const LINEAGE_NOT_FOUND: &str = "lineage_not_found";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -131,6 +132,7 @@ pub mod code {
         INVALID_SAGA,
         SAGA_DEFINITION_NOT_FOUND,
         SAGA_NOT_FOUND,
+        LINEAGE_NOT_FOUND,
     ];
 }
 

@@ -7,6 +7,7 @@
 mod error;
 mod eventstore;
 mod functions;
+mod lineage;
 mod metrics;
 mod projections;
 mod queues;
@@ -268,6 +269,7 @@ pub fn router(state: AppState) -> Router {
                 .put(sagas::put_definition)
                 .delete(sagas::delete_definition),
         )
+        .route("/lineage/{event}", get(lineage::tree))
         .route("/projections", get(projections::list))
         .route(
             "/projections/{name}",
@@ -503,6 +505,8 @@ mod tests {
             "/v1/sagas/{id}",
             "/v1/sagas/{id}/history",
             "/v1/sagas/{id}/cancel",
+            "/v1/lineage/{event}",
+            "/metrics",
         ] {
             assert!(
                 paths.contains_key(route),

@@ -9,6 +9,7 @@ mod queue;
 mod saga;
 mod stream;
 mod topic;
+mod trace;
 mod trigger;
 
 use std::net::SocketAddr;
@@ -53,6 +54,9 @@ enum Command {
     Projection(Box<projection::ProjectionArgs>),
     /// Sagas: definitions (versioned) of ordered steps with compensations.
     Saga(Box<saga::SagaArgs>),
+    /// The causal tree of an event's chain: which functions handled it, what they
+    /// produced, attempts, dead-letter moves.
+    Trace(Box<trace::TraceArgs>),
     /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -69,6 +73,12 @@ enum DurabilityArg {
 enum LogFormat {
     Human,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +120,16 @@ struct ServeArgs {
     /// further is dead-lettered with reason `loop_detected` and an alert is published.
     #[arg(long, env = "SLUICE_MAX_HOPS", default_value_t = 32)]
     max_hops: u32,
+    /// Record event lineage (which invocation handled and produced which event) for
+    /// `sluice trace`.
+    #[arg(long, env = "SLUICE_LINEAGE", value_enum, default_value = "on")]
+    lineage: Switch,
+    /// How long lineage is kept.
+    #[arg(long, env = "SLUICE_LINEAGE_RETENTION", default_value = "24h")]
+    lineage_retention: sluice_types::HumanDuration,
+    /// Most bytes of lineage kept; the oldest goes first.
+    #[arg(long, env = "SLUICE_LINEAGE_MAX_SIZE", default_value = "256MiB")]
+    lineage_max_size: sluice_types::ByteSize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         Command::Saga(args) => runtime.block_on(saga::run(*args)),
         Command::Fn(args) => runtime.block_on(function::run(*args)),
         Command::Trigger(args) => runtime.block_on(trigger::run(*args)),
+        Command::Trace(args) => runtime.block_on(trace::run(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }
@@ -170,6 +191,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         unload_idle_after: args.unload_idle_after.to_std(),
         hops_max: args.max_hops.max(1),
+        lineage: sluice_server::LineageConfig {
+            enabled: args.lineage == Switch::On,
+            retention_ms: args.lineage_retention.as_millis(),
+            bytes_max: args.lineage_max_size.0,
+        },
         ..sluice_server::Config::default()
     };
     let durability = config.durability;

@@ -202,3 +202,211 @@ async fn root_events_get_a_context_and_malformed_context_is_refused() {
         assert!(v["detail"].as_str().unwrap().contains(attr), "{v}");
     }
 }
+
+/// A tree node reduced to what the test can know ahead: events by type (produced ones
+/// with their topic) and invocations by function, trigger, source, attempt and outcome,
+/// children sorted so concurrent handlers compare equal in any order.
+fn shape(e: &Value) -> Value {
+    let mut handled: Vec<Value> = e["handled_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|inv| {
+            let mut caused: Vec<Value> = inv["caused"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(shape)
+                .collect();
+            caused.sort_by_key(|c| c.to_string());
+            json!({
+                "function": inv["function"],
+                "trigger": inv["trigger"],
+                "source": inv["source"],
+                "attempt": inv["attempt"],
+                "outcome": inv["outcome"],
+                "sent_to": inv["sent_to"],
+                "caused": caused,
+            })
+        })
+        .collect();
+    handled.sort_by_key(|h| h.to_string());
+    json!({
+        "type": e["type"],
+        "topic": e["topic"],
+        "handled_by": handled,
+        "dead_lettered": e["dead_lettered"].get("reason").map(|_| json!({
+            "queue": e["dead_lettered"]["queue"],
+            "to": e["dead_lettered"]["dead_letter_queue"],
+            "reason": e["dead_lettered"]["reason"],
+            "attempts": e["dead_lettered"]["attempts"],
+        })),
+    })
+}
+
+#[tokio::test]
+async fn trace_shows_the_causal_tree_of_a_fan_out_and_a_function_chain() {
+    let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
+    for q in ["q", "bill-dlq"] {
+        ok(&s, "PUT", &format!("/v1/queues/{q}"), Some(json!({}))).await;
+    }
+    for t in ["orders", "t"] {
+        ok(&s, "PUT", &format!("/v1/topics/{t}"), Some(json!({}))).await;
+    }
+    let fast = json!({"initial": "10ms", "multiplier": 1.0, "max": "10ms", "jitter": 0.0});
+    for (sub, extra) in [
+        ("orders/audit", json!({})),
+        ("orders/ship", json!({})),
+        (
+            "orders/bill",
+            json!({"max_attempts": 2, "dead_letter_queue": "bill-dlq", "backoff": fast}),
+        ),
+        ("t/s", json!({})),
+    ] {
+        let (topic, name) = sub.split_once('/').unwrap();
+        ok(
+            &s,
+            "PUT",
+            &format!("/v1/topics/{topic}/subscriptions/{name}"),
+            Some(extra),
+        )
+        .await;
+    }
+    deploy(&s, "noop", sluice_guests::ok()).await;
+    deploy(&s, "ship", sluice_guests::effects()).await;
+    deploy(&s, "bill", sluice_guests::error()).await;
+    let sub =
+        |topic: &str, name: &str| json!({"subscription": {"topic": topic, "subscription": name}});
+    for (trigger, function, source) in [
+        ("audit", "noop", sub("orders", "audit")),
+        ("ship", "ship", sub("orders", "ship")),
+        ("bill", "bill", sub("orders", "bill")),
+        ("t-noop", "noop", sub("t", "s")),
+        ("q-noop", "noop", json!({"queue": "q"})),
+    ] {
+        ok(
+            &s,
+            "PUT",
+            &format!("/v1/triggers/{trigger}"),
+            Some(json!({"function": function, "source": source})),
+        )
+        .await;
+    }
+    publish(
+        &s,
+        "orders",
+        json!({"specversion": "1.0", "source": "/shop", "type": "order.placed", "id": "order-1"}),
+    )
+    .await;
+
+    let noop = |trigger: &str, source: &str| {
+        json!({"function": "noop", "trigger": trigger, "source": source, "attempt": 1,
+               "outcome": "success", "sent_to": [], "caused": []})
+    };
+    let bill = |attempt: u32| {
+        json!({"function": "bill", "trigger": "bill", "source": "orders/bill", "attempt": attempt,
+               "outcome": "failed", "sent_to": [], "caused": []})
+    };
+    let leaf = |ty: &str, topic: Value, handled: Vec<Value>| json!({"type": ty, "topic": topic, "handled_by": handled, "dead_lettered": null});
+    let mut ship_caused = vec![
+        leaf("derived", json!("t"), vec![noop("t-noop", "t/s")]),
+        leaf(
+            "sluice.queue.message",
+            Value::Null,
+            vec![noop("q-noop", "q")],
+        ),
+    ];
+    ship_caused.sort_by_key(|c| c.to_string());
+    let mut root_handled = vec![
+        noop("audit", "orders/audit"),
+        json!({"function": "ship", "trigger": "ship", "source": "orders/ship", "attempt": 1,
+               "outcome": "success", "sent_to": ["q"], "caused": ship_caused}),
+        bill(1),
+        bill(2),
+    ];
+    root_handled.sort_by_key(|h| h.to_string());
+    let want = json!({
+        "type": "order.placed",
+        "topic": null,
+        "handled_by": root_handled,
+        "dead_lettered": {"queue": "orders/bill", "to": "bill-dlq", "reason": "error", "attempts": 2},
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let tree = loop {
+        let (status, tree) = s.call("GET", "/v1/lineage/order-1", None).await;
+        if status == 200 && shape(&tree["root"]) == want {
+            break tree;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tree never became\n{want:#}\nlast: {status} {:#}",
+            if status == 200 {
+                shape(&tree["root"])
+            } else {
+                tree
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(tree["correlation_id"], "order-1");
+    assert_eq!(tree["truncated"], false);
+
+    // Any event of the chain leads to the same tree, from the root.
+    let ship = tree["root"]["handled_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["function"] == "ship")
+        .unwrap();
+    let derived = ship["caused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "derived")
+        .unwrap();
+    let derived_id = derived["id"].as_str().unwrap();
+    let (status, again) = s
+        .call("GET", &format!("/v1/lineage/{derived_id}"), None)
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["event"], derived_id);
+    assert_eq!(shape(&again["root"]), want);
+
+    // The CLI prints it, marking the event asked about.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["trace", derived_id])
+        .env("SLUICE_SERVER", s.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("event order-1  order.placed"), "{text}");
+    assert!(
+        text.contains(&format!("event {derived_id}  derived → t")),
+        "{text}"
+    );
+    assert!(text.contains("◀"), "{text}");
+    assert!(
+        text.contains("ship v1 · trigger ship · from orders/ship · attempt 1 · success"),
+        "{text}"
+    );
+    assert!(text.contains("sent to q"), "{text}");
+    assert!(
+        text.contains("bill v1 · trigger bill · from orders/bill · attempt 2 · failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dead-lettered from orders/bill to bill-dlq: error after 2 attempt(s)"),
+        "{text}"
+    );
+
+    // An unknown event is a clear 404.
+    let (status, v) = s.call("GET", "/v1/lineage/nope", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(v["code"], "lineage_not_found");
+}

@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod convert;
 mod host;
+pub mod lineage;
 pub mod logs;
 pub mod metrics;
 pub mod projections;
@@ -33,6 +34,7 @@ use sluice_store::{Keyspace, Store};
 use sluice_types::{Name, SharedClock};
 use tokio::sync::Semaphore;
 
+pub use lineage::LineageConfig;
 pub use metrics::FunctionMetricsSnapshot;
 pub use projections::{ProjectionConfig, ProjectionInfo, ProjectionSource, Projections};
 pub use registry::{FunctionMeta, LIVE, VersionMeta, VersionSettings};
@@ -198,6 +200,7 @@ struct Inner {
     compiles: Semaphore,
     rng: Mutex<StdRng>,
     logs: logs::Logs,
+    lineage: lineage::Lineage,
     metrics: metrics::Registry,
 }
 
@@ -211,6 +214,18 @@ impl Functions {
         clock: SharedClock,
         config: RuntimeConfig,
     ) -> Result<Self> {
+        Self::open_with_lineage(broker, store, dir, clock, config, LineageConfig::default())
+    }
+
+    /// As [`Functions::open`], with lineage settings.
+    pub fn open_with_lineage(
+        broker: Broker,
+        store: Store,
+        dir: &Path,
+        clock: SharedClock,
+        config: RuntimeConfig,
+        lineage: LineageConfig,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let ks = store.keyspace("functions")?;
         let runtime = Runtime::new(config.clone()).map_err(|e| Error::Runtime(e.to_string()))?;
@@ -221,6 +236,7 @@ impl Functions {
             functions.insert(meta.name.clone(), meta);
         }
         let logs = logs::Logs::open(store.clone())?;
+        let lineage = lineage::Lineage::open(store.clone(), lineage)?;
         let inner = Inner {
             broker,
             store,
@@ -236,6 +252,7 @@ impl Functions {
             compiles: Semaphore::new(COMPILES_MAX),
             rng: Mutex::new(StdRng::from_os_rng()),
             logs,
+            lineage,
             metrics: metrics::Registry::default(),
         };
         let this = Self {
@@ -673,6 +690,8 @@ impl Functions {
         };
         let trigger = input.as_ref().and_then(|i| i.trigger.clone());
         let attempt = input.as_ref().map_or(1, |i| i.attempt);
+        let source = input.as_ref().map(|i| i.queue.clone());
+        let mut outputs = Vec::new();
         let failed: Vec<FailedEvent> = match &result.outcome {
             Outcome::PartialFailure(f) => f.clone(),
             _ => Vec::new(),
@@ -682,7 +701,10 @@ impl Functions {
                 .commit(name, &result.id, events, &inv.effects, &failed, input)
                 .await
             {
-                Ok(()) => result.effects = inv.effects,
+                Ok(published) => {
+                    outputs = published;
+                    result.effects = inv.effects;
+                }
                 Err(Error::Broker(e)) if is_retryable_commit(&e) => {
                     result.commit_error = Some(format!("effects not committed: {e}"));
                 }
@@ -706,8 +728,51 @@ impl Functions {
         if let Some(fuel) = result.fuel {
             metrics.fuel.fetch_add(fuel, Ordering::Relaxed);
         }
+        let lineage = lineage::Invocation {
+            id: result.id.clone(),
+            function: name.to_owned(),
+            version: result.version,
+            trigger: trigger.clone(),
+            source,
+            attempt,
+            outcome: result.outcome_name().to_owned(),
+            error: result.failed(),
+            started_ms,
+            duration_us: result.duration.as_micros() as u64,
+            inputs: events
+                .iter()
+                .filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_owned))
+                .collect(),
+            sent_to: result
+                .effects
+                .sent
+                .iter()
+                .map(|s| s.queue.clone())
+                .collect(),
+            outputs,
+        };
+        if let Err(e) = self.inner.lineage.record(&lineage, events) {
+            tracing::warn!(function = name, error = %e, "recording lineage failed");
+        }
         self.record(name, &result, trigger, attempt, events.len(), started_ms);
         Ok(result)
+    }
+
+    /// The causal tree of the chain `event` belongs to, if lineage knows the event.
+    pub fn lineage(&self, event: &str) -> Result<Option<lineage::Tree>> {
+        self.inner.lineage.tree(event)
+    }
+
+    /// Records that `event` was dead-lettered (or removed) from its source.
+    pub(crate) fn note_dead_letter(&self, event: &Map<String, Value>, d: &lineage::DeadLettered) {
+        if let Err(e) = self.inner.lineage.dead_lettered(event, d) {
+            tracing::warn!(error = %e, "recording a dead-letter move in lineage failed");
+        }
+    }
+
+    /// Removes lineage past its retention or size cap.
+    pub fn prune_lineage(&self) -> Result<u64> {
+        self.inner.lineage.prune(self.inner.clock.now_ms())
     }
 
     /// Every function's invocation counts since start, by name.
@@ -726,17 +791,32 @@ impl Functions {
         effects: &Effects,
         failed: &[FailedEvent],
         input: Option<Input>,
-    ) -> Result<()> {
+    ) -> Result<Vec<lineage::Output>> {
         let mut commit = Commit {
             kv_scope: name.to_owned(),
             ..Commit::default()
         };
+        let mut outputs = Vec::with_capacity(effects.published.len());
         if !effects.published.is_empty() || !effects.sent.is_empty() {
             let inherited = convert::inherited(events, id, self.inner.broker.random());
             for p in &effects.published {
                 let mut event =
                     convert::from_guest(name, &p.event).map_err(Error::InvalidInvocation)?;
                 inherited.stamp_event(&mut event);
+                // Named here, not at publish, so lineage knows what this invocation made.
+                let id = match event.get("id").and_then(Value::as_str) {
+                    Some(id) => id.to_owned(),
+                    None => {
+                        let id = self.inner.broker.new_event_id();
+                        event.insert("id".into(), id.clone().into());
+                        id
+                    }
+                };
+                outputs.push(lineage::Output {
+                    id,
+                    ty: p.event.event_type.clone(),
+                    topic: p.topic.clone(),
+                });
                 commit.publish.push((p.topic.clone(), event));
             }
             for s in &effects.sent {
@@ -759,7 +839,7 @@ impl Functions {
             commit.input_queue = Some(input.queue);
         }
         self.inner.broker.commit(commit).await?;
-        Ok(())
+        Ok(outputs)
     }
 
     fn record(

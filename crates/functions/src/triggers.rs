@@ -12,12 +12,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_broker::context::{self, EventContext};
+use sluice_broker::delivery::{self, Release, ReleaseCause};
 use sluice_broker::{Broker, Delivery, Error as BrokerError, Nack};
 use sluice_types::metrics::{COUNT_BUCKETS, Histogram};
 use sluice_types::{HumanDuration, Name};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::lineage::DeadLettered;
 use crate::{Error, Functions, Input, Result, Target};
 
 /// Limits on a trigger's settings.
@@ -624,16 +626,33 @@ impl Invocation {
             .await;
         let failure = match result {
             Ok(r) => {
-                if matches!(r.outcome, sluice_runtime::Outcome::PartialFailure(_))
+                if let sluice_runtime::Outcome::PartialFailure(failed) = &r.outcome
                     && r.commit_error.is_none()
                 {
                     self.stats.partial_failures.fetch_add(1, Ordering::Relaxed);
+                    // The commit nacked these with their reasons.
+                    let nacked: Vec<(&Delivery, &Map<String, Value>, &str)> = deliveries
+                        .iter()
+                        .zip(&events)
+                        .filter_map(|(d, e)| {
+                            let id = e.get("id").and_then(Value::as_str)?;
+                            let f = failed.iter().find(|f| f.id == id)?;
+                            Some((d, e, f.reason.as_str()))
+                        })
+                        .collect();
+                    self.note_dead_letters(&nacked);
                 }
                 r.failed()
             }
             Err(e) => Some(e.to_string()),
         };
         if let Some(reason) = failure {
+            let nacked: Vec<(&Delivery, &Map<String, Value>, &str)> = deliveries
+                .iter()
+                .zip(&events)
+                .map(|(d, e)| (d, e, reason.as_str()))
+                .collect();
+            self.note_dead_letters(&nacked);
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
             *self.stats.last_error.lock().unwrap() = Some(reason.clone());
             // Nothing was committed: release the batch for a retry with the
@@ -652,6 +671,40 @@ impl Invocation {
 }
 
 impl Invocation {
+    /// Records in lineage which of the nacked events the nack moves to the dead-letter
+    /// queue: the source's own release decision, made ahead of the nack.
+    fn note_dead_letters(&self, nacked: &[(&Delivery, &Map<String, Value>, &str)]) {
+        if nacked.is_empty() {
+            return;
+        }
+        let Ok(info) = self.broker.get_queue(&self.queue) else {
+            return;
+        };
+        let now = self.broker.now_ms();
+        for (d, event, reason) in nacked {
+            let cause = ReleaseCause::Nacked {
+                delay_ms: None,
+                reason: Some((*reason).to_owned()),
+            };
+            if let Release::DeadLetter(why) =
+                delivery::release(&info.config, d.receive_count, cause, now, 0.0)
+            {
+                let record = DeadLettered {
+                    queue: self.queue.clone(),
+                    dead_letter_queue: info
+                        .config
+                        .dead_letter_queue
+                        .as_ref()
+                        .map(|n| n.to_string()),
+                    reason: why.code().to_owned(),
+                    attempts: d.receive_count,
+                    at_ms: now,
+                };
+                self.functions.note_dead_letter(event, &record);
+            }
+        }
+    }
+
     /// Takes out of the batch every event whose handling would extend its chain past
     /// `hops_max` hops: it goes to the source's dead-letter queue with reason
     /// `loop_detected` (or is removed if there is none) and an alert carrying the event
@@ -686,7 +739,21 @@ impl Invocation {
             tracing::warn!(trigger = %self.trigger, error = %e, "stopping looping events");
             return (keep, events);
         }
-        for (_, event, hops) in stopped {
+        let dead_letter_queue = self
+            .broker
+            .get_queue(&self.queue)
+            .ok()
+            .and_then(|q| q.config.dead_letter_queue.map(|n| n.to_string()));
+        let now = self.broker.now_ms();
+        for (d, event, hops) in stopped {
+            let record = DeadLettered {
+                queue: self.queue.clone(),
+                dead_letter_queue: dead_letter_queue.clone(),
+                reason: "loop_detected".into(),
+                attempts: d.receive_count,
+                at_ms: now,
+            };
+            self.functions.note_dead_letter(&event, &record);
             let id = event
                 .get("id")
                 .and_then(Value::as_str)

@@ -12,7 +12,7 @@ use std::time::Duration;
 pub use sluice_api::Options as ApiOptions;
 use sluice_broker::Broker;
 use sluice_functions::Functions;
-pub use sluice_functions::RuntimeConfig;
+pub use sluice_functions::{LineageConfig, RuntimeConfig};
 pub use sluice_store::Durability;
 use sluice_store::Store;
 use sluice_types::{SharedClock, SystemClock};
@@ -47,6 +47,8 @@ pub struct Config {
     pub unload_idle_after: Duration,
     /// Most hops an event chain may take from its root before it is stopped as a loop.
     pub hops_max: u32,
+    /// Whether and for how long event lineage is kept.
+    pub lineage: LineageConfig,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             runtime: sluice_functions::RuntimeConfig::default(),
             unload_idle_after: Duration::from_secs(600),
             hops_max: sluice_broker::context::HOPS_MAX_DEFAULT,
+            lineage: LineageConfig::default(),
         }
     }
 }
@@ -131,12 +134,13 @@ impl Server {
         };
         let store = Store::open(&config.data_dir, store_options)?;
         let broker = Broker::open(store.clone(), clock.clone(), &config.broker)?;
-        let functions = Functions::open(
+        let functions = Functions::open_with_lineage(
             broker.clone(),
             store.clone(),
             &config.data_dir.join("artifacts"),
             clock,
             config.runtime.clone(),
+            config.lineage,
         )?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -178,6 +182,24 @@ impl Server {
                 .run(config.broker.clone(), cancel.child_token()),
         );
 
+        {
+            // Lineage past its retention or size cap goes once a minute.
+            let functions = functions.clone();
+            let stop = cancel.child_token();
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    match functions.prune_lineage() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(removed = n, "pruned lineage"),
+                        Err(e) => tracing::warn!(error = %e, "pruning lineage failed"),
+                    }
+                }
+            });
+        }
         {
             let functions = functions.clone();
             let idle = config.unload_idle_after;

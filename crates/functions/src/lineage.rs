@@ -1,0 +1,489 @@
+//! Event lineage: which invocation handled which event, what it produced, and where events
+//! were dead-lettered, kept for a bounded time and size, so `sluice trace EVENT_ID` can
+//! show the causal tree of a chain from its root event.
+//!
+//! Keys of the `lineage` keyspace (ids are never empty and contain no NUL):
+//! - `i\0{invocation}`: the [`Invocation`] record;
+//! - `h\0{event}\0{started_ms}{invocation}`: `event` was an input of `invocation`;
+//! - `o\0{producer}\0{event}`: `event` was sent to a queue by invocation `producer` (the
+//!   message id is known only once it is delivered, so the consumer writes this edge);
+//! - `e\0{event}`: the event's [`EventRecord`] (its root, type, where it went);
+//! - `x\0{event}`: where the event was dead-lettered ([`DeadLettered`]);
+//! - `t\0{started_ms}{invocation}`: every key above written with that invocation, for
+//!   retention.
+//!
+//! Records are written best-effort next to the invocation record, without waiting for an
+//! fsync: lineage explains what happened, it never holds up the work.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sluice_broker::context::{CORRELATION_ID, INVOCATION_ID};
+use sluice_store::{Keyspace, Store};
+
+use crate::Result;
+
+/// Most events and invocations in one answered tree.
+pub const TREE_NODES_MAX: usize = 10_000;
+/// Deepest chain followed (the hop limit is usually far lower).
+pub const TREE_DEPTH_MAX: usize = 256;
+
+/// Lineage settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineageConfig {
+    /// Record lineage at all.
+    pub enabled: bool,
+    /// Records older than this are removed.
+    pub retention_ms: u64,
+    /// Records beyond this many bytes are removed, oldest first.
+    pub bytes_max: u64,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention_ms: 24 * 3600 * 1000,
+            bytes_max: 256 << 20,
+        }
+    }
+}
+
+/// An event as lineage knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The id of the chain's root event.
+    pub correlation_id: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    /// The topic it was published to (for an invocation's output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The invocation that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
+}
+
+/// One produced event: published to a topic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Output {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub topic: String,
+}
+
+/// One invocation as lineage keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Invocation {
+    pub id: String,
+    pub function: String,
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// The queue or subscription (`topic/subscription`) its inputs came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub attempt: u32,
+    /// `success`, `partial_failure` or `failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub started_ms: u64,
+    pub duration_us: u64,
+    /// Its input event ids (a batch has several).
+    pub inputs: Vec<String>,
+    /// What it published (empty unless its effects were committed).
+    pub outputs: Vec<Output>,
+    /// Queues it sent messages to.
+    pub sent_to: Vec<String>,
+}
+
+/// Where an event was dead-lettered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadLettered {
+    pub queue: String,
+    /// `None` when it was removed for lack of a dead-letter queue.
+    pub dead_letter_queue: Option<String>,
+    pub reason: String,
+    pub attempts: u32,
+    pub at_ms: u64,
+}
+
+/// An event in a causal tree.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventNode {
+    pub id: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
+    /// Every invocation that had it as input, attempts in order.
+    pub handled_by: Vec<InvocationNode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_lettered: Option<DeadLettered>,
+}
+
+/// An invocation in a causal tree, with the events it produced.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InvocationNode {
+    #[serde(flatten)]
+    pub invocation: Invocation,
+    /// Published events and delivered sent messages it caused.
+    pub caused: Vec<EventNode>,
+}
+
+/// A causal tree from a chain's root event.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Tree {
+    /// The event asked about.
+    pub event: String,
+    pub correlation_id: String,
+    pub root: EventNode,
+    /// Whether the tree was cut at [`TREE_NODES_MAX`] nodes.
+    pub truncated: bool,
+}
+
+fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![tag, 0];
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    end
+}
+
+/// What retention needs of one invocation's keys.
+#[derive(Serialize, Deserialize)]
+struct Written {
+    keys: Vec<Vec<u8>>,
+    bytes: u64,
+}
+
+/// The lineage store.
+pub(crate) struct Lineage {
+    store: Store,
+    ks: Keyspace,
+    config: LineageConfig,
+    /// Bytes of lineage records kept, for the size cap.
+    bytes: Mutex<u64>,
+}
+
+/// The ids an input event is known by: its own, and for a queue message that carries a
+/// forwarded CloudEvent, that event's id too.
+fn ids_of(event: &Map<String, Value>) -> Vec<String> {
+    let mut ids: Vec<String> = event
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    if event.get("type").and_then(Value::as_str) == Some("sluice.queue.message")
+        && let Some(Value::Object(data)) = event.get("data")
+        && data.contains_key("specversion")
+        && let Some(id) = data.get("id").and_then(Value::as_str)
+    {
+        ids.push(id.to_owned());
+    }
+    ids
+}
+
+fn text(event: &Map<String, Value>, k: &str) -> Option<String> {
+    event.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+impl Lineage {
+    pub(crate) fn open(store: Store, config: LineageConfig) -> Result<Self> {
+        let ks = store.keyspace("lineage")?;
+        let mut bytes = 0;
+        for (_, v) in ks.range(b"t\0", b"t\x01", usize::MAX)? {
+            if let Ok(w) = serde_json::from_slice::<Written>(&v) {
+                bytes += w.bytes;
+            }
+        }
+        Ok(Self {
+            store,
+            ks,
+            config,
+            bytes: Mutex::new(bytes),
+        })
+    }
+
+    /// Records an invocation of `inputs` with what it produced.
+    pub(crate) fn record(&self, inv: &Invocation, inputs: &[Map<String, Value>]) -> Result<()> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        let mut keys = Vec::new();
+        let mut bytes = 0u64;
+        let mut put = |k: Vec<u8>, v: Vec<u8>| {
+            bytes += (k.len() + v.len()) as u64;
+            batch.put(&self.ks, k.clone(), v);
+            keys.push(k);
+        };
+        let started = inv.started_ms.to_be_bytes();
+        for event in inputs {
+            let ids = ids_of(event);
+            let Some(own) = ids.first() else { continue };
+            let correlation = text(event, CORRELATION_ID).unwrap_or_else(|| own.clone());
+            for id in &ids {
+                let edge = [started.as_slice(), inv.id.as_bytes()].concat();
+                put(key(b'h', &[id.as_bytes(), &edge]), Vec::new());
+                let record = EventRecord {
+                    correlation_id: correlation.clone(),
+                    ty: text(event, "type"),
+                    topic: None,
+                    producer: text(event, INVOCATION_ID),
+                    time_ms: text(event, "time").and_then(|t| sluice_types::parse_rfc3339_ms(&t)),
+                };
+                let e_key = key(b'e', &[id.as_bytes()]);
+                // An output already recorded by its producer knows its topic: keep that.
+                if self.ks.get(&e_key)?.is_none() {
+                    put(e_key, serde_json::to_vec(&record).expect("serializes"));
+                }
+            }
+            // A message a function sent: its producer learns its id only now.
+            if let Some(producer) = text(event, INVOCATION_ID)
+                && event.get("type").and_then(Value::as_str) == Some("sluice.queue.message")
+            {
+                put(
+                    key(b'o', &[producer.as_bytes(), own.as_bytes()]),
+                    Vec::new(),
+                );
+            }
+        }
+        let correlation = inputs
+            .first()
+            .and_then(|e| text(e, CORRELATION_ID).or_else(|| text(e, "id")))
+            .unwrap_or_default();
+        for out in &inv.outputs {
+            let record = EventRecord {
+                correlation_id: correlation.clone(),
+                ty: Some(out.ty.clone()),
+                topic: Some(out.topic.clone()),
+                producer: Some(inv.id.clone()),
+                time_ms: Some(inv.started_ms + inv.duration_us / 1000),
+            };
+            put(
+                key(b'e', &[out.id.as_bytes()]),
+                serde_json::to_vec(&record).expect("serializes"),
+            );
+        }
+        put(
+            key(b'i', &[inv.id.as_bytes()]),
+            serde_json::to_vec(inv).expect("serializes"),
+        );
+        let t_key = key(b't', &[&[started.as_slice(), inv.id.as_bytes()].concat()]);
+        let written = Written { keys, bytes };
+        batch.put(
+            &self.ks,
+            t_key,
+            serde_json::to_vec(&written).expect("serializes"),
+        );
+        self.store.write(batch)?;
+        *self.bytes.lock().unwrap() += written.bytes;
+        Ok(())
+    }
+
+    /// Records that `event` left `queue` for its dead-letter queue (or was removed).
+    pub(crate) fn dead_lettered(&self, event: &Map<String, Value>, d: &DeadLettered) -> Result<()> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        let value = serde_json::to_vec(d).expect("serializes");
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        let ids = ids_of(event);
+        for id in &ids {
+            let k = key(b'x', &[id.as_bytes()]);
+            bytes += (k.len() + value.len()) as u64;
+            batch.put(&self.ks, k.clone(), value.clone());
+            keys.push(k);
+        }
+        let first = ids.first().map_or(&[][..], |id| id.as_bytes());
+        let t_key = key(
+            b't',
+            &[&[d.at_ms.to_be_bytes().as_slice(), b"x", first].concat()],
+        );
+        let written = Written { keys, bytes };
+        batch.put(
+            &self.ks,
+            t_key,
+            serde_json::to_vec(&written).expect("serializes"),
+        );
+        self.store.write(batch)?;
+        *self.bytes.lock().unwrap() += written.bytes;
+        Ok(())
+    }
+
+    /// Removes records older than the retention, then the oldest until under the size
+    /// cap. Returns how many invocations' records were removed.
+    pub(crate) fn prune(&self, now_ms: u64) -> Result<u64> {
+        let cutoff = now_ms.saturating_sub(self.config.retention_ms);
+        let mut removed = 0;
+        loop {
+            let page = self.ks.range(b"t\0", b"t\x01", 1_000)?;
+            if page.is_empty() {
+                return Ok(removed);
+            }
+            let mut batch = self.store.batch();
+            let mut freed = 0;
+            let mut done = false;
+            for (k, v) in &page {
+                let at = k
+                    .get(2..10)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_be_bytes);
+                let over = *self.bytes.lock().unwrap() > self.config.bytes_max + freed;
+                if at >= cutoff && !over {
+                    done = true;
+                    break;
+                }
+                if let Ok(w) = serde_json::from_slice::<Written>(v) {
+                    for key in w.keys {
+                        batch.delete(&self.ks, key);
+                    }
+                    freed += w.bytes;
+                }
+                batch.delete(&self.ks, k.clone());
+                removed += 1;
+            }
+            self.store.write(batch)?;
+            let mut bytes = self.bytes.lock().unwrap();
+            *bytes = bytes.saturating_sub(freed);
+            if done || page.len() < 1_000 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>> {
+        match self.ks.get(k)? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| crate::Error::Corrupt(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// The causal tree of the chain `event` belongs to, from its root. `None` if lineage
+    /// knows nothing of the event.
+    pub(crate) fn tree(&self, event: &str) -> Result<Option<Tree>> {
+        let known: Option<EventRecord> = self.get(&key(b'e', &[event.as_bytes()]))?;
+        let Some(known) = known else {
+            return Ok(None);
+        };
+        let mut budget = TREE_NODES_MAX;
+        let mut seen = HashSet::new();
+        let root = self.event_node(&known.correlation_id, 0, &mut budget, &mut seen)?;
+        Ok(Some(Tree {
+            event: event.to_owned(),
+            correlation_id: known.correlation_id,
+            root,
+            truncated: budget == 0,
+        }))
+    }
+
+    fn event_node(
+        &self,
+        id: &str,
+        depth: usize,
+        budget: &mut usize,
+        seen: &mut HashSet<String>,
+    ) -> Result<EventNode> {
+        *budget = budget.saturating_sub(1);
+        seen.insert(id.to_owned());
+        let record: Option<EventRecord> = self.get(&key(b'e', &[id.as_bytes()]))?;
+        let mut node = EventNode {
+            id: id.to_owned(),
+            ty: record.as_ref().and_then(|r| r.ty.clone()),
+            topic: record.as_ref().and_then(|r| r.topic.clone()),
+            time_ms: record.as_ref().and_then(|r| r.time_ms),
+            handled_by: Vec::new(),
+            dead_lettered: self.get(&key(b'x', &[id.as_bytes()]))?,
+        };
+        if depth >= TREE_DEPTH_MAX {
+            return Ok(node);
+        }
+        let prefix = [key(b'h', &[id.as_bytes()]), vec![0]].concat();
+        for (k, _) in self.ks.range(&prefix, &prefix_end(&prefix), *budget)? {
+            if *budget == 0 {
+                break;
+            }
+            let Some(inv_id) = k.get(prefix.len() + 8..) else {
+                continue;
+            };
+            let Some(invocation) = self.get::<Invocation>(&key(b'i', &[inv_id]))? else {
+                continue;
+            };
+            *budget = budget.saturating_sub(1);
+            let mut caused_ids: Vec<String> =
+                invocation.outputs.iter().map(|o| o.id.clone()).collect();
+            let sent = [key(b'o', &[invocation.id.as_bytes()]), vec![0]].concat();
+            for (k, _) in self.ks.range(&sent, &prefix_end(&sent), *budget)? {
+                caused_ids.push(String::from_utf8_lossy(&k[sent.len()..]).into_owned());
+            }
+            let mut caused = Vec::new();
+            for c in caused_ids {
+                if *budget == 0 {
+                    break;
+                }
+                if seen.contains(&c) {
+                    continue;
+                }
+                caused.push(self.event_node(&c, depth + 1, budget, seen)?);
+            }
+            node.handled_by.push(InvocationNode { invocation, caused });
+        }
+        Ok(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn forwarded_events_are_known_by_both_ids() {
+        let wrapper = event(json!({"id": "m-1", "type": "sluice.queue.message",
+            "data": {"specversion": "1.0", "id": "e-1", "type": "x"}}));
+        assert_eq!(ids_of(&wrapper), vec!["m-1", "e-1"]);
+        let plain = event(json!({"id": "m-2", "type": "sluice.queue.message", "data": {"id": 3}}));
+        assert_eq!(ids_of(&plain), vec!["m-2"]);
+        assert_eq!(ids_of(&event(json!({"type": "x"}))), Vec::<String>::new());
+    }
+
+    #[test]
+    fn keys_sort_by_prefix_then_time() {
+        let a = key(b'h', &[b"ev", &[0, 0, 0, 0, 0, 0, 0, 1]]);
+        let b = key(b'h', &[b"ev", &[0, 0, 0, 0, 0, 0, 1, 0]]);
+        let other = key(b'h', &[b"ev2", &[0; 8]]);
+        assert!(a < b);
+        let prefix = [key(b'h', &[b"ev"]), vec![0]].concat();
+        assert!(a.starts_with(&prefix) && b.starts_with(&prefix));
+        assert!(!other.starts_with(&prefix));
+        assert!(b < prefix_end(&prefix));
+    }
+}
