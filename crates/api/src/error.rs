@@ -69,6 +69,8 @@ pub mod code {
     pub const SAGA_DEFINITION_NOT_FOUND: &str = "saga_definition_not_found";
     pub const SAGA_NOT_FOUND: &str = "saga_not_found";
     pub const LINEAGE_NOT_FOUND: &str = "lineage_not_found";
+    pub const INVALID_BUDGET: &str = "invalid_budget";
+    pub const BUDGET_NOT_FOUND: &str = "budget_not_found";
 
     /// Every code, for the documentation check.
     pub const ALL: &[&str] = &[
@@ -133,6 +135,8 @@ pub mod code {
         SAGA_DEFINITION_NOT_FOUND,
         SAGA_NOT_FOUND,
         LINEAGE_NOT_FOUND,
+        INVALID_BUDGET,
+        BUDGET_NOT_FOUND,
     ];
 }
 

@@ -39,6 +39,8 @@ impl From<FnError> for ApiError {
                 (StatusCode::NOT_FOUND, code::SAGA_DEFINITION_NOT_FOUND)
             }
             FnError::SagaNotFound(_) => (StatusCode::NOT_FOUND, code::SAGA_NOT_FOUND),
+            FnError::InvalidBudget(_) => (StatusCode::BAD_REQUEST, code::INVALID_BUDGET),
+            FnError::BudgetNotFound(_) => (StatusCode::NOT_FOUND, code::BUDGET_NOT_FOUND),
             FnError::FunctionInUse { .. } => (StatusCode::CONFLICT, code::FUNCTION_IN_USE),
             FnError::InvalidSettings(_) => (StatusCode::BAD_REQUEST, code::INVALID_CONFIG),
             FnError::InvalidInvocation(_) => (StatusCode::BAD_REQUEST, code::INVALID_REQUEST),
@@ -63,6 +65,10 @@ impl From<FnError> for ApiError {
                 triggers, sagas, ..
             } => err.with_extra(json!({ "triggers": triggers, "sagas": sagas })),
             FnError::InvalidSaga { field, .. } => err.with_extra(json!({ "field": field })),
+            FnError::InvalidBudget(message) => {
+                let field = message.split(':').next().unwrap_or_default().to_owned();
+                err.with_extra(json!({ "field": field }))
+            }
             _ => err,
         }
     }
@@ -439,6 +445,9 @@ fn trigger_json(t: &TriggerInfo) -> Value {
             "max_in_flight": s.max_in_flight.load(Relaxed),
             "throttled_concurrency": s.throttled_concurrency.load(Relaxed),
             "throttled_rate": s.throttled_rate.load(Relaxed),
+            "throttled_budget": s.throttled_budget.load(Relaxed),
+            "budget_paused": *s.budget_paused.lock().unwrap(),
+            "loops_stopped": s.loops_stopped.load(Relaxed),
             "last_error": *s.last_error.lock().unwrap(),
         }
     })

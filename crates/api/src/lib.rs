@@ -4,6 +4,7 @@
 //! bodies themselves, under a size limit, so that every malformed, oversized or mistyped
 //! request gets a problem+json answer with a stable code instead of a framework default.
 
+mod cost;
 mod error;
 mod eventstore;
 mod functions;
@@ -270,6 +271,14 @@ pub fn router(state: AppState) -> Router {
                 .delete(sagas::delete_definition),
         )
         .route("/lineage/{event}", get(lineage::tree))
+        .route("/cost", get(cost::cost))
+        .route("/budgets", get(cost::list_budgets))
+        .route(
+            "/budgets/{name}",
+            get(cost::get_budget)
+                .put(cost::put_budget)
+                .delete(cost::delete_budget),
+        )
         .route("/projections", get(projections::list))
         .route(
             "/projections/{name}",
@@ -506,6 +515,9 @@ mod tests {
             "/v1/sagas/{id}/history",
             "/v1/sagas/{id}/cancel",
             "/v1/lineage/{event}",
+            "/v1/cost",
+            "/v1/budgets",
+            "/v1/budgets/{name}",
             "/metrics",
         ] {
             assert!(

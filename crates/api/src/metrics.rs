@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_broker::{BrokerMetrics, QueueMetrics};
-use sluice_functions::{FunctionMetricsSnapshot, ProjectionInfo, TriggerInfo};
+use sluice_functions::budget::Standing;
+use sluice_functions::{BudgetInfo, FunctionMetricsSnapshot, ProjectionInfo, TriggerInfo};
 use sluice_types::metrics::{Exposition, Kind};
 
 use crate::{ApiError, AppState};
@@ -37,6 +38,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     write_functions(&mut e, &functions);
     write_triggers(&mut e, &triggers);
     write_event_store(&mut e, &broker, &projections);
+    write_budgets(&mut e, &state.functions().budgets());
     write_store(&mut e, &broker);
     write_process(&mut e, &state.inner.connections);
     Ok((
@@ -361,12 +363,13 @@ fn write_triggers(e: &mut Exposition, all: &[TriggerInfo]) {
     e.family(
         "sluice_trigger_throttled_total",
         Kind::Counter,
-        "Times the trigger held back an invocation, by cause: concurrency (all slots busy) or rate (rate limit).",
+        "Times the trigger held back an invocation, by cause: concurrency (all slots busy), rate (rate limit), budget (paused by an exhausted budget).",
     );
     for t in all {
         for (cause, a) in [
             ("concurrency", &t.stats.throttled_concurrency),
             ("rate", &t.stats.throttled_rate),
+            ("budget", &t.stats.throttled_budget),
         ] {
             e.sample(
                 "sluice_trigger_throttled_total",
@@ -405,6 +408,21 @@ fn write_triggers(e: &mut Exposition, all: &[TriggerInfo]) {
         all,
         labels,
         |t| if t.config.paused { 1.0 } else { 0.0 },
+    );
+    each(
+        e,
+        "sluice_trigger_budget_paused",
+        Kind::Gauge,
+        "1 while an exhausted budget pauses the trigger, else 0.",
+        all,
+        labels,
+        |t| {
+            if t.stats.budget_paused.lock().unwrap().is_some() {
+                1.0
+            } else {
+                0.0
+            }
+        },
     );
     e.family(
         "sluice_trigger_batch_size",
@@ -465,6 +483,43 @@ fn write_event_store(e: &mut Exposition, m: &BrokerMetrics, projections: &[Proje
         projections,
         labels,
         |p| p.errors as f64,
+    );
+}
+
+fn write_budgets(e: &mut Exposition, all: &[BudgetInfo]) {
+    let labels = |b: &BudgetInfo| vec![("budget", b.name.clone())];
+    each(
+        e,
+        "sluice_budget_spent",
+        Kind::Gauge,
+        "What the budget spent in its current period, in its limit's unit (invocations, GB-seconds or US dollars).",
+        all,
+        labels,
+        |b| b.spent,
+    );
+    each(
+        e,
+        "sluice_budget_limit",
+        Kind::Gauge,
+        "The budget's limit, in its own unit.",
+        all,
+        labels,
+        |b| b.limit,
+    );
+    each(
+        e,
+        "sluice_budget_exhausted",
+        Kind::Gauge,
+        "1 while the budget is exhausted and pauses the triggers it governs, else 0.",
+        all,
+        labels,
+        |b| {
+            if b.standing == Standing::Exhausted {
+                1.0
+            } else {
+                0.0
+            }
+        },
     );
 }
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod cost;
 mod function;
 mod projection;
 mod queue;
@@ -54,6 +55,10 @@ enum Command {
     Projection(Box<projection::ProjectionArgs>),
     /// Sagas: definitions (versioned) of ordered steps with compensations.
     Saga(Box<saga::SagaArgs>),
+    /// Usage and estimated cost per function, trigger, queue and topic.
+    Cost(Box<cost::CostArgs>),
+    /// Budgets: limits per hour, day or month that pause triggers when spent.
+    Budget(Box<cost::BudgetArgs>),
     /// The causal tree of an event's chain: which functions handled it, what they
     /// produced, attempts, dead-letter moves.
     Trace(Box<trace::TraceArgs>),
@@ -130,6 +135,10 @@ struct ServeArgs {
     /// Most bytes of lineage kept; the oldest goes first.
     #[arg(long, env = "SLUICE_LINEAGE_MAX_SIZE", default_value = "256MiB")]
     lineage_max_size: sluice_types::ByteSize,
+    /// A JSON price table for cost estimates (fields of docs/operations.md; missing
+    /// ones keep their defaults, which follow public serverless list prices).
+    #[arg(long, env = "SLUICE_PRICES")]
+    prices: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -149,6 +158,8 @@ fn main() -> anyhow::Result<()> {
         Command::Fn(args) => runtime.block_on(function::run(*args)),
         Command::Trigger(args) => runtime.block_on(trigger::run(*args)),
         Command::Trace(args) => runtime.block_on(trace::run(*args)),
+        Command::Cost(args) => runtime.block_on(cost::run_cost(*args)),
+        Command::Budget(args) => runtime.block_on(cost::run_budget(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }
@@ -191,6 +202,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         unload_idle_after: args.unload_idle_after.to_std(),
         hops_max: args.max_hops.max(1),
+        prices: match &args.prices {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the price table {}", path.display()))?;
+                let prices: sluice_server::Prices = serde_json::from_str(&text)
+                    .with_context(|| format!("the price table {}", path.display()))?;
+                prices
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("the price table {}: {e}", path.display()))?;
+                prices
+            }
+            None => sluice_server::Prices::default(),
+        },
         lineage: sluice_server::LineageConfig {
             enabled: args.lineage == Switch::On,
             retention_ms: args.lineage_retention.as_millis(),

@@ -7,10 +7,12 @@
 //! a version run at once, and the commit.
 
 pub mod alerts;
+pub mod budget;
 pub mod convert;
 mod host;
 pub mod lineage;
 pub mod logs;
+pub mod metering;
 pub mod metrics;
 pub mod projections;
 pub mod registry;
@@ -35,6 +37,7 @@ use sluice_types::{Name, SharedClock};
 use tokio::sync::Semaphore;
 
 pub use lineage::LineageConfig;
+pub use metering::{Admission, BudgetInfo};
 pub use metrics::FunctionMetricsSnapshot;
 pub use projections::{ProjectionConfig, ProjectionInfo, ProjectionSource, Projections};
 pub use registry::{FunctionMeta, LIVE, VersionMeta, VersionSettings};
@@ -74,6 +77,10 @@ pub enum Error {
     SagaDefinitionNotFound(String),
     #[error("saga {0:?} does not exist")]
     SagaNotFound(String),
+    #[error("{0}")]
+    InvalidBudget(String),
+    #[error("budget {0:?} does not exist")]
+    BudgetNotFound(String),
     #[error(
         "function {name:?} is invoked by triggers {triggers:?} and saga definitions {sagas:?}; \
          delete or change them first"
@@ -201,7 +208,34 @@ struct Inner {
     rng: Mutex<StdRng>,
     logs: logs::Logs,
     lineage: lineage::Lineage,
+    metering: Arc<metering::Metering>,
     metrics: metrics::Registry,
+}
+
+/// Usage and estimated cost over a span of time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CostReport {
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub prices: budget::Prices,
+    pub items: Vec<CostItem>,
+}
+
+/// One function's, trigger's, queue's or topic's usage and cost.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CostItem {
+    pub kind: budget::Kind,
+    pub name: String,
+    pub usage: budget::Usage,
+    pub cost: budget::Cost,
+}
+
+/// Settings of lineage and cost metering.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Operations {
+    pub lineage: LineageConfig,
+    /// The price table cost estimates use.
+    pub prices: budget::Prices,
 }
 
 impl Functions {
@@ -214,18 +248,19 @@ impl Functions {
         clock: SharedClock,
         config: RuntimeConfig,
     ) -> Result<Self> {
-        Self::open_with_lineage(broker, store, dir, clock, config, LineageConfig::default())
+        Self::open_with(broker, store, dir, clock, config, Operations::default())
     }
 
-    /// As [`Functions::open`], with lineage settings.
-    pub fn open_with_lineage(
+    /// As [`Functions::open`], with lineage and cost settings.
+    pub fn open_with(
         broker: Broker,
         store: Store,
         dir: &Path,
         clock: SharedClock,
         config: RuntimeConfig,
-        lineage: LineageConfig,
+        ops: Operations,
     ) -> Result<Self> {
+        ops.prices.validate().map_err(Error::InvalidInvocation)?;
         std::fs::create_dir_all(dir)?;
         let ks = store.keyspace("functions")?;
         let runtime = Runtime::new(config.clone()).map_err(|e| Error::Runtime(e.to_string()))?;
@@ -236,7 +271,12 @@ impl Functions {
             functions.insert(meta.name.clone(), meta);
         }
         let logs = logs::Logs::open(store.clone())?;
-        let lineage = lineage::Lineage::open(store.clone(), lineage)?;
+        let lineage = lineage::Lineage::open(store.clone(), ops.lineage)?;
+        let metering = Arc::new(metering::Metering::open(
+            store.clone(),
+            ops.prices,
+            clock.now_ms(),
+        )?);
         let inner = Inner {
             broker,
             store,
@@ -253,12 +293,14 @@ impl Functions {
             rng: Mutex::new(StdRng::from_os_rng()),
             logs,
             lineage,
+            metering,
             metrics: metrics::Registry::default(),
         };
         let this = Self {
             inner: Arc::new(inner),
         };
         this.remove_orphans()?;
+        this.meter_tick()?;
         Ok(this)
     }
 
@@ -691,6 +733,7 @@ impl Functions {
         let trigger = input.as_ref().and_then(|i| i.trigger.clone());
         let attempt = input.as_ref().map_or(1, |i| i.attempt);
         let source = input.as_ref().map(|i| i.queue.clone());
+        let admission = input.as_ref().and_then(|i| i.admission.clone());
         let mut outputs = Vec::new();
         let failed: Vec<FailedEvent> = match &result.outcome {
             Outcome::PartialFailure(f) => f.clone(),
@@ -751,6 +794,19 @@ impl Functions {
                 .collect(),
             outputs,
         };
+        let usage = budget::Usage::invocation(
+            vmeta.settings.memory.0,
+            lineage.duration_us,
+            result.fuel.unwrap_or(0),
+        );
+        let alerts = self.inner.metering.record_invocation(
+            name,
+            trigger.as_deref(),
+            admission.as_deref(),
+            &usage,
+            self.inner.clock.now_ms(),
+        );
+        self.publish_budget_alerts(alerts);
         if let Err(e) = self.inner.lineage.record(&lineage, events) {
             tracing::warn!(function = name, error = %e, "recording lineage failed");
         }
@@ -768,6 +824,95 @@ impl Functions {
         if let Err(e) = self.inner.lineage.dead_lettered(event, d) {
             tracing::warn!(error = %e, "recording a dead-letter move in lineage failed");
         }
+    }
+
+    fn publish_budget_alerts(&self, alerts: Vec<metering::BudgetAlert>) {
+        for a in alerts {
+            let broker = self.inner.broker.clone();
+            tracing::warn!(budget = %a.budget, kind = a.kind, "budget alert");
+            tokio::spawn(async move {
+                alerts::publish(&broker, "/sluice/budgets", a.kind, &a.budget, a.data).await;
+            });
+        }
+    }
+
+    /// Whether a trigger may start an invocation under the budgets governing it; `Err`
+    /// names the exhausted budget. Dropping the admission ends its reservation.
+    pub fn admit(&self, trigger: &str, function: &str) -> std::result::Result<Admission, String> {
+        self.inner
+            .metering
+            .admit(trigger, function, self.inner.clock.now_ms())
+    }
+
+    /// Changes whenever budget-paused triggers should check their budgets again.
+    pub fn budget_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.metering.subscribe()
+    }
+
+    /// An operator's resume: the trigger runs past its exhausted budgets until their
+    /// periods end.
+    pub fn resume_budgets(&self, trigger: &str, function: &str) {
+        self.inner.metering.resume_trigger(trigger, function);
+    }
+
+    /// Creates or replaces a budget; returns whether it was created.
+    pub fn put_budget(&self, name: &str, config: budget::BudgetConfig) -> Result<bool> {
+        config.validate().map_err(Error::InvalidBudget)?;
+        let (created, alert) =
+            self.inner
+                .metering
+                .put_budget(name, config, self.inner.clock.now_ms())?;
+        self.publish_budget_alerts(alert.into_iter().collect());
+        Ok(created)
+    }
+
+    pub fn delete_budget(&self, name: &str) -> Result<()> {
+        if !self.inner.metering.delete_budget(name)? {
+            return Err(Error::BudgetNotFound(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub fn budgets(&self) -> Vec<BudgetInfo> {
+        self.inner.metering.budgets(self.inner.clock.now_ms())
+    }
+
+    pub fn budget(&self, name: &str) -> Result<BudgetInfo> {
+        self.budgets()
+            .into_iter()
+            .find(|b| b.name == name)
+            .ok_or_else(|| Error::BudgetNotFound(name.to_owned()))
+    }
+
+    /// Usage and estimated cost since `since_ms`, per kind and name.
+    pub fn cost(&self, since_ms: u64) -> CostReport {
+        let prices = self.inner.metering.prices();
+        let items = self
+            .inner
+            .metering
+            .usage_since(since_ms)
+            .into_iter()
+            .map(|((kind, name), usage)| CostItem {
+                kind,
+                name,
+                cost: budget::cost(kind, &usage, &prices),
+                usage,
+            })
+            .collect();
+        CostReport {
+            since_ms,
+            until_ms: self.inner.clock.now_ms(),
+            prices,
+            items,
+        }
+    }
+
+    /// Takes queue and topic usage from the broker, rolls budget periods, persists usage.
+    pub fn meter_tick(&self) -> Result<()> {
+        let m = self.inner.broker.metrics()?;
+        let alerts = self.inner.metering.tick(&m, self.inner.clock.now_ms())?;
+        self.publish_budget_alerts(alerts);
+        Ok(())
     }
 
     /// Removes lineage past its retention or size cap.
@@ -917,6 +1062,8 @@ pub struct Input {
     pub trigger: Option<String>,
     /// The highest delivery attempt among the events.
     pub attempt: u32,
+    /// The trigger's admission under its budgets, ended when the usage is recorded.
+    pub admission: Option<Arc<Admission>>,
 }
 
 /// Commit failures that mean "run it again", not "the server is broken".

@@ -177,6 +177,10 @@ pub struct TriggerStats {
     pub throttled_rate: AtomicU64,
     /// Events stopped as loops (past the hop limit).
     pub loops_stopped: AtomicU64,
+    /// Times the trigger paused because a budget governing it was exhausted.
+    pub throttled_budget: AtomicU64,
+    /// The exhausted budget the trigger waits on, if any.
+    pub budget_paused: Mutex<Option<String>>,
     /// Events per invocation.
     pub batch_sizes: Histogram,
     pub last_error: Mutex<Option<String>>,
@@ -194,6 +198,8 @@ impl Default for TriggerStats {
             throttled_concurrency: AtomicU64::new(0),
             throttled_rate: AtomicU64::new(0),
             loops_stopped: AtomicU64::new(0),
+            throttled_budget: AtomicU64::new(0),
+            budget_paused: Mutex::new(None),
             batch_sizes: Histogram::new(COUNT_BUCKETS),
             last_error: Mutex::new(None),
         }
@@ -393,9 +399,14 @@ impl Triggers {
     }
 
     /// Pauses (or resumes) a trigger, durably.
+    /// Pauses or resumes a trigger. Resuming also lets it run past the budgets now
+    /// exhausted for it, until their periods end.
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<TriggerInfo> {
         let _lock = self.inner.lock.lock().await;
         let mut config = self.get(name)?.config;
+        if !paused {
+            self.inner.functions.resume_budgets(name, &config.function);
+        }
         config.paused = paused;
         let store = &self.inner.functions.inner.store;
         let mut batch = store.batch();
@@ -455,6 +466,7 @@ impl Runner {
             .config
             .rate_limit
             .map(|r| RateLimiter::new(r, self.broker.now_ms()));
+        let mut budgets = self.functions.budget_changes();
         loop {
             if self.stop.is_cancelled() {
                 return;
@@ -485,6 +497,34 @@ impl Runner {
                         s = slots.clone().acquire_owned() => s.expect("never closed"),
                         _ = self.stop.cancelled() => return,
                     }
+                }
+            };
+            // Budgets: an exhausted one pauses the trigger; events wait in the source
+            // until the period rolls over, the budget is raised or an operator resumes.
+            let admission = match self.functions.admit(&self.name, &self.config.function) {
+                Ok(a) => {
+                    self.stats.budget_paused.lock().unwrap().take();
+                    a
+                }
+                Err(budget) => {
+                    let newly = self
+                        .stats
+                        .budget_paused
+                        .lock()
+                        .unwrap()
+                        .replace(budget.clone())
+                        .is_none();
+                    if newly {
+                        self.stats.throttled_budget.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(trigger = %self.name, %budget, "budget exhausted: trigger paused");
+                    }
+                    drop(slot);
+                    tokio::select! {
+                        _ = budgets.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = self.stop.cancelled() => return,
+                    }
+                    continue;
                 }
             };
             if let Some(r) = &mut rate {
@@ -524,7 +564,7 @@ impl Runner {
                 hops_max: self.hops_max,
             };
             tokio::spawn(async move {
-                invocation.run(deliveries).await;
+                invocation.run(deliveries, admission).await;
                 drop(slot);
             });
         }
@@ -595,7 +635,7 @@ struct Invocation {
 }
 
 impl Invocation {
-    async fn run(self, deliveries: Vec<Delivery>) {
+    async fn run(self, deliveries: Vec<Delivery>, admission: crate::Admission) {
         let (deliveries, events) = self.stop_loops(deliveries).await;
         if deliveries.is_empty() {
             return;
@@ -618,6 +658,7 @@ impl Invocation {
                 .map(|d| d.receive_count)
                 .max()
                 .unwrap_or(1),
+            admission: Some(Arc::new(admission)),
         };
         let target = Target::Alias(self.config.alias.clone());
         let result = self

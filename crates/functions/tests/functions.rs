@@ -209,6 +209,7 @@ async fn effects_commit_with_the_ack_of_the_input() {
         receipts: vec![got[0].receipt.clone()],
         trigger: None,
         attempt: 1,
+        admission: None,
     };
     let r = f
         .functions
@@ -291,6 +292,7 @@ async fn a_stale_input_or_a_missing_target_commits_nothing() {
         receipts: vec!["bogus".into()],
         trigger: None,
         attempt: 1,
+        admission: None,
     };
     let r = f
         .functions
@@ -355,6 +357,7 @@ async fn a_partial_failure_acks_the_rest_and_nacks_the_failed_event() {
         receipts: got.iter().map(|d| d.receipt.clone()).collect(),
         trigger: None,
         attempt: 1,
+        admission: None,
     };
     let r = f
         .functions

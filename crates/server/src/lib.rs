@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use sluice_api::Options as ApiOptions;
 use sluice_broker::Broker;
 use sluice_functions::Functions;
+pub use sluice_functions::budget::Prices;
 pub use sluice_functions::{LineageConfig, RuntimeConfig};
 pub use sluice_store::Durability;
 use sluice_store::Store;
@@ -49,6 +50,8 @@ pub struct Config {
     pub hops_max: u32,
     /// Whether and for how long event lineage is kept.
     pub lineage: LineageConfig,
+    /// The price table of cost estimates.
+    pub prices: Prices,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             unload_idle_after: Duration::from_secs(600),
             hops_max: sluice_broker::context::HOPS_MAX_DEFAULT,
             lineage: LineageConfig::default(),
+            prices: Prices::default(),
         }
     }
 }
@@ -134,13 +138,16 @@ impl Server {
         };
         let store = Store::open(&config.data_dir, store_options)?;
         let broker = Broker::open(store.clone(), clock.clone(), &config.broker)?;
-        let functions = Functions::open_with_lineage(
+        let functions = Functions::open_with(
             broker.clone(),
             store.clone(),
             &config.data_dir.join("artifacts"),
             clock,
             config.runtime.clone(),
-            config.lineage,
+            sluice_functions::Operations {
+                lineage: config.lineage,
+                prices: config.prices,
+            },
         )?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -182,6 +189,26 @@ impl Server {
                 .run(config.broker.clone(), cancel.child_token()),
         );
 
+        {
+            // Usage metering: queue and topic usage sampled, budget periods rolled and
+            // usage persisted every second, and once more at shutdown.
+            let functions = functions.clone();
+            let stop = cancel.child_token();
+            tracker.spawn(async move {
+                loop {
+                    let stopping = tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                        _ = stop.cancelled() => true,
+                    };
+                    if let Err(e) = functions.meter_tick() {
+                        tracing::warn!(error = %e, "metering usage failed");
+                    }
+                    if stopping {
+                        return;
+                    }
+                }
+            });
+        }
         {
             // Lineage past its retention or size cap goes once a minute.
             let functions = functions.clone();

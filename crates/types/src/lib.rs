@@ -14,4 +14,4 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use duration::{DurationParseError, HumanDuration};
 pub use name::{Name, NameError};
 pub use size::{ByteSize, SizeParseError};
-pub use timestamp::{format_rfc3339_ms, parse_rfc3339_ms};
+pub use timestamp::{format_rfc3339_ms, month_bounds_ms, parse_rfc3339_ms};

@@ -33,6 +33,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// Formats Unix milliseconds as `2026-11-30T07:00:00.123Z`.
+/// The start (UTC midnight of the 1st) of the calendar month holding `ms`, and of the next.
+pub fn month_bounds_ms(ms: u64) -> (u64, u64) {
+    let days = (ms / 86_400_000) as i64;
+    let (y, m, _) = civil_from_days(days);
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let start = days_from_civil(y, m, 1) as u64 * 86_400_000;
+    let end = days_from_civil(ny, nm, 1) as u64 * 86_400_000;
+    (start, end)
+}
+
 pub fn format_rfc3339_ms(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
@@ -169,6 +179,36 @@ mod tests {
         ];
         for (s, want) in cases {
             assert_eq!(parse_rfc3339_ms(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn month_bounds() {
+        let t = |s: &str| parse_rfc3339_ms(s).unwrap();
+        let cases = [
+            (
+                "2026-11-30T07:00:00Z",
+                "2026-11-01T00:00:00Z",
+                "2026-12-01T00:00:00Z",
+            ),
+            (
+                "2026-12-31T23:59:59.999Z",
+                "2026-12-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            (
+                "2024-02-29T12:00:00Z",
+                "2024-02-01T00:00:00Z",
+                "2024-03-01T00:00:00Z",
+            ),
+            (
+                "2027-01-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+                "2027-02-01T00:00:00Z",
+            ),
+        ];
+        for (at, start, end) in cases {
+            assert_eq!(month_bounds_ms(t(at)), (t(start), t(end)), "{at}");
         }
     }
 }
