@@ -10,12 +10,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sluice_broker::context::{self, TraceParent};
 use sluice_broker::{
     ALL, Broker, Delivery, Error as BrokerError, EventError, PublishOutcome, STREAM_ATTRIBUTE,
     Start, StoredEvent, StreamSelector, SubscriptionConfig, SubscriptionInfo, TopicConfig,
     TopicInfo, TopicStats,
 };
+use sluice_functions::telemetry;
 use sluice_types::Name;
+use tracing::Instrument as _;
 
 use crate::queues::{self, Failures, StatsView, resource_name, to_json};
 use crate::{ApiError, AppState, code, json_response, put_status, read_body, read_json};
@@ -335,7 +338,23 @@ pub(crate) async fn publish(
             "the batch has no events",
         ));
     }
-    let outcomes = state.broker().publish(name.as_str(), events).await?;
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "publish",
+        otel.name = %format_args!("publish {name}"),
+        otel.kind = "producer",
+        messaging.destination.name = name.as_str(),
+        messaging.batch.message_count = events.len(),
+    );
+    let mut events = events;
+    if !span.is_disabled() {
+        trace_publish(&span, &headers, &mut events);
+    }
+    let outcomes = state
+        .broker()
+        .publish(name.as_str(), events)
+        .instrument(span)
+        .await?;
     let mut out = Vec::with_capacity(outcomes.len());
     let mut failures = Failures::default();
     for (i, o) in outcomes.iter().enumerate() {
@@ -358,6 +377,28 @@ pub(crate) async fn publish(
     let mut resp = json!({ "events": out });
     failures.add_to(&mut resp);
     Ok(to_json(StatusCode::OK, &resp))
+}
+
+/// Makes the publish span a child of the request's W3C `traceparent` header, if any, and
+/// gives the events that name no trace of their own the publish span's context: the
+/// spans that handle them become its children.
+fn trace_publish(span: &tracing::Span, headers: &HeaderMap, events: &mut [Map<String, Value>]) {
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let tracestate = header(context::TRACESTATE);
+    if let Some(tp) = header(context::TRACEPARENT).and_then(|s| TraceParent::parse(s).ok()) {
+        telemetry::set_parent(span, &tp, tracestate);
+    }
+    let Some(own) = telemetry::traceparent_of(span) else {
+        return;
+    };
+    for e in events {
+        if !e.contains_key(context::TRACEPARENT) {
+            e.insert(context::TRACEPARENT.into(), own.to_string().into());
+            if let Some(ts) = tracestate {
+                e.insert(context::TRACESTATE.into(), ts.into());
+            }
+        }
+    }
 }
 
 // ---- reading ----

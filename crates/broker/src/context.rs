@@ -6,6 +6,9 @@
 
 use serde_json::{Map, Value};
 
+/// The `tracing` target of Sluice's trace spans (exported over OTLP when configured).
+pub const TRACE_TARGET: &str = "sluice_trace";
+
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 /// The id of the root event of the chain.

@@ -22,6 +22,7 @@ use sluice_store::Store;
 use sluice_types::{HumanDuration, Name, SharedClock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use config::{Backoff, ConfigError, QueueConfig};
 pub use engine::Commit;
@@ -724,7 +725,11 @@ impl Broker {
         }
         let now = self.now();
         let (outcomes, ticket, woken) = self.lock().publish(topic, events, now)?;
-        self.shared.store.durable(ticket).await?;
+        self.shared
+            .store
+            .durable(ticket)
+            .instrument(tracing::info_span!(target: context::TRACE_TARGET, "store.commit"))
+            .await?;
         for n in woken {
             n.notify_waiters();
         }

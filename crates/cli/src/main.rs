@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod cost;
 mod function;
+mod otlp;
 mod projection;
 mod queue;
 mod saga;
@@ -36,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on the embedded store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage queues and their messages on a running server.
     Queue(Box<queue::QueueArgs>),
     /// Manage topics: publish CloudEvents, read, tail, compacted tables.
@@ -139,6 +140,13 @@ struct ServeArgs {
     /// ones keep their defaults, which follow public serverless list prices).
     #[arg(long, env = "SLUICE_PRICES")]
     prices: Option<PathBuf>,
+    /// Export trace spans over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The OTLP encoding: http/protobuf or http/json.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf",
+          value_parser = ["http/protobuf", "http/json"])]
+    otlp_protocol: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,7 +156,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Queue(args) => runtime.block_on(queue::run(*args)),
         Command::Topic(args) => runtime.block_on(topic::run_topic(*args)),
         Command::Sub(args) => runtime.block_on(topic::run_sub(*args)),
@@ -164,23 +172,48 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr (human or JSON, filtered by `SLUICE_LOG`), and spans to an OTLP
+/// collector when one is given. Returns the span exporter, to flush at exit.
+fn init_logging(
+    format: LogFormat,
+    otlp: Option<(&str, bool)>,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // Trace spans are for the span exporter; logs show them only if asked by name.
+    let directives = std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let directives = if directives.contains(sluice_server::TRACE_TARGET) {
+        directives
+    } else {
+        format!("{directives},{}=off", sluice_server::TRACE_TARGET)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .with_context(|| format!("SLUICE_LOG={directives:?}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    if format == LogFormat::Json {
-        builder.json().init();
+    let fmt = if format == LogFormat::Json {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.init();
-    }
+        fmt.with_filter(filter).boxed()
+    };
+    let provider = otlp
+        .map(|(endpoint, json)| otlp::provider(endpoint, json))
+        .transpose()?;
+    let spans = provider.as_ref().map(otlp::layer);
+    tracing_subscriber::registry().with(fmt).with(spans).init();
+    Ok(provider)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    let otlp = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .map(|e| (e, args.otlp_protocol == "http/json"));
+    let spans = init_logging(args.log_format, otlp)?;
     let config = sluice_server::Config {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -230,6 +263,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // A line for scripts and tests that start the server on port 0.
     println!("listening on http://{addr}");
     server.run(shutdown_signal()).await?;
+    if let Some(provider) = spans {
+        // Blocks while the last spans go out.
+        tokio::task::spawn_blocking(move || provider.shutdown())
+            .await?
+            .context("flushing trace spans")?;
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
 use sluice_broker::NewMessage;
-use sluice_broker::context::{EventContext, Inherited};
+use sluice_broker::context::{EventContext, Inherited, TraceParent};
 use sluice_runtime::{Event, OutgoingEvent, SendEffect};
 use sluice_types::HumanDuration;
 
@@ -124,12 +124,22 @@ pub fn from_guest(function: &str, e: &OutgoingEvent) -> Result<Map<String, Value
 /// What the outputs of invocation `id` of `events` inherit: the trace of the first
 /// input (with a span of the invocation's own), its correlation id, the first input as
 /// cause, and one hop more than any input.
-pub fn inherited(events: &[Map<String, Value>], id: &str, random: u128) -> Inherited {
+/// `own` is the invocation's recorded span, when spans are exported: its ids are used.
+pub fn inherited(
+    events: &[Map<String, Value>],
+    id: &str,
+    random: u128,
+    own: Option<TraceParent>,
+) -> Inherited {
     let inputs: Vec<EventContext> = events
         .iter()
         .map(|e| EventContext::of(e.get("id").and_then(Value::as_str).unwrap_or_default(), e))
         .collect();
-    Inherited::of(&inputs, id, random as u64, random >> 64)
+    let mut inherited = Inherited::of(&inputs, id, random as u64, random >> 64);
+    if let Some(own) = own {
+        inherited.trace = own;
+    }
+    inherited
 }
 
 /// The queue message for a function's send, carrying its invocation's context (when

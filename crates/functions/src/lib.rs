@@ -18,6 +18,7 @@ pub mod projections;
 pub mod registry;
 pub mod saga_runner;
 pub mod sagas;
+pub mod telemetry;
 pub mod triggers;
 
 use std::collections::HashMap;
@@ -30,11 +31,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use sluice_broker::context::{EventContext, TraceParent};
 use sluice_broker::{Broker, Commit, Error as BrokerError};
 use sluice_runtime::{DeployError, Effects, Limits, Loaded, LogLine, Outcome, Runtime};
 use sluice_store::{Keyspace, Store};
 use sluice_types::{Name, SharedClock};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 pub use lineage::LineageConfig;
 pub use metering::{Admission, BudgetInfo};
@@ -689,6 +692,43 @@ impl Functions {
                 events.len()
             )));
         }
+        // The invocation's span: a child of its first input's span, linked to the others'.
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "invoke",
+            otel.name = %format_args!("invoke {name}"),
+            otel.kind = "consumer",
+            faas.name = name,
+            faas.trigger = input.as_ref().and_then(|i| i.trigger.as_deref()).unwrap_or("invoke"),
+            messaging.source.name = input.as_ref().map_or("", |i| i.queue.as_str()),
+            messaging.batch.message_count = events.len(),
+            sluice.attempt = input.as_ref().map_or(1, |i| i.attempt),
+        );
+        if !span.is_disabled() {
+            let contexts: Vec<EventContext> = events
+                .iter()
+                .map(|e| {
+                    EventContext::of(e.get("id").and_then(Value::as_str).unwrap_or_default(), e)
+                })
+                .collect();
+            if let Some(tp) = &contexts[0].trace {
+                telemetry::set_parent(&span, tp, contexts[0].tracestate.as_deref());
+            }
+            let links: Vec<TraceParent> = contexts[1..].iter().filter_map(|c| c.trace).collect();
+            telemetry::add_links(&span, &links);
+        }
+        self.invoke_in_span(name, target, events, input)
+            .instrument(span)
+            .await
+    }
+
+    async fn invoke_in_span(
+        &self,
+        name: &str,
+        target: &Target,
+        events: &[Map<String, Value>],
+        input: Option<Input>,
+    ) -> Result<InvocationResult> {
         let started_ms = self.inner.clock.now_ms();
         let version = self.resolve(name, target)?;
         let vmeta = self.version_meta(name, version)?;
@@ -943,7 +983,8 @@ impl Functions {
         };
         let mut outputs = Vec::with_capacity(effects.published.len());
         if !effects.published.is_empty() || !effects.sent.is_empty() {
-            let inherited = convert::inherited(events, id, self.inner.broker.random());
+            let own = telemetry::traceparent_of(&tracing::Span::current());
+            let inherited = convert::inherited(events, id, self.inner.broker.random(), own);
             for p in &effects.published {
                 let mut event =
                     convert::from_guest(name, &p.event).map_err(Error::InvalidInvocation)?;
@@ -983,7 +1024,11 @@ impl Functions {
             }
             commit.input_queue = Some(input.queue);
         }
-        self.inner.broker.commit(commit).await?;
+        self.inner
+            .broker
+            .commit(commit)
+            .instrument(tracing::info_span!(target: telemetry::TARGET, "store.commit"))
+            .await?;
         Ok(outputs)
     }
 

@@ -13,6 +13,7 @@ pub use sluice_api::Options as ApiOptions;
 use sluice_broker::Broker;
 use sluice_functions::Functions;
 pub use sluice_functions::budget::Prices;
+pub use sluice_functions::telemetry::TARGET as TRACE_TARGET;
 pub use sluice_functions::{LineageConfig, RuntimeConfig};
 pub use sluice_store::Durability;
 use sluice_store::Store;
