@@ -56,19 +56,57 @@ impl HttpClient for BlockingHttp {
         head.push_str("\r\n");
         stream.write_all(head.as_bytes())?;
         stream.write_all(request.body())?;
-        let mut raw = Vec::new();
-        stream.take(RESPONSE_MAX as u64).read_to_end(&mut raw)?;
-        let status: u16 = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or("the OTLP endpoint's answer has no HTTP status")?;
-        let body = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|i| Bytes::copy_from_slice(&raw[i + 4..]))
-            .unwrap_or_default();
+        let (status, body) = read_response(&mut stream)?;
         Ok(Response::builder().status(status).body(body)?)
+    }
+}
+
+/// Reads an HTTP/1.1 answer: its status, then its body up to its `content-length` (a
+/// collector that keeps the connection open is not waited on), or to the end of the
+/// connection when it has none.
+fn read_response(stream: &mut impl Read) -> Result<(u16, Bytes), HttpError> {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut more = |raw: &mut Vec<u8>| -> Result<bool, HttpError> {
+        if raw.len() > RESPONSE_MAX {
+            return Err("the OTLP endpoint's answer is too large".into());
+        }
+        let n = stream.read(&mut chunk)?;
+        raw.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    };
+    let end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        if !more(&mut raw)? {
+            return Err("the OTLP endpoint closed the connection mid-answer".into());
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("the OTLP endpoint's answer has no HTTP status")?;
+    let length: Option<usize> = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok());
+    let start = end + 4;
+    match length {
+        Some(n) => {
+            while raw.len() < start + n {
+                if !more(&mut raw)? {
+                    return Err("the OTLP endpoint closed the connection mid-answer".into());
+                }
+            }
+            Ok((status, Bytes::copy_from_slice(&raw[start..start + n])))
+        }
+        None => {
+            while more(&mut raw)? {}
+            Ok((status, Bytes::copy_from_slice(&raw[start..])))
+        }
     }
 }
 
@@ -109,4 +147,47 @@ where
         .with_filter(tracing_subscriber::filter::filter_fn(|m| {
             m.target() == sluice_server::TRACE_TARGET
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_to_their_length_or_to_the_end() {
+        // (bytes the collector sends, status, body)
+        let cases: [(&[u8], u16, &[u8]); 4] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}and more",
+                200,
+                b"{}",
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200, b""),
+            (
+                b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\nbad",
+                400,
+                b"bad",
+            ),
+            (b"HTTP/1.1 503 Unavailable\r\n\r\n", 503, b""),
+        ];
+        for (raw, status, body) in cases {
+            let (s, b) = read_response(&mut &raw[..]).unwrap();
+            assert_eq!(
+                (s, &b[..]),
+                (status, body),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}"[..],
+            b"HTTP/1.1 20",
+        ] {
+            assert!(
+                read_response(&mut &raw[..]).is_err(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
 }

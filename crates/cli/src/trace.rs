@@ -57,10 +57,27 @@ fn event(out: &mut String, e: &Value, asked: &str, lead: &str, indent: &str) {
     out.push_str(&line);
     out.push('\n');
     let invocations = e["handled_by"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let caused = e["caused"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let dead = e.get("dead_lettered").filter(|d| d.is_object());
     for (i, inv) in invocations.iter().enumerate() {
-        let last = i + 1 == invocations.len() && dead.is_none();
+        let last = i + 1 == invocations.len() && caused.is_empty() && dead.is_none();
         invocation(out, inv, asked, indent, last);
+    }
+    // Events it caused directly: a saga's steps.
+    for (i, c) in caused.iter().enumerate() {
+        let last = i + 1 == caused.len() && dead.is_none();
+        let (lead, next) = if last {
+            ("└─ ", "   ")
+        } else {
+            ("├─ ", "│  ")
+        };
+        event(
+            out,
+            c,
+            asked,
+            &format!("{indent}{lead}"),
+            &format!("{indent}{next}"),
+        );
     }
     if let Some(d) = dead {
         let to = match d["dead_letter_queue"].as_str() {

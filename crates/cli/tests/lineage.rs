@@ -410,3 +410,84 @@ async fn trace_shows_the_causal_tree_of_a_fan_out_and_a_function_chain() {
     assert_eq!(status, 404);
     assert_eq!(v["code"], "lineage_not_found");
 }
+
+#[tokio::test]
+async fn a_sagas_steps_are_its_children_in_the_trace() {
+    let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
+    deploy(&s, "reserve", sluice_guests::ok()).await;
+    deploy(&s, "charge", sluice_guests::error()).await;
+    let definition = json!({"steps": [
+        {"name": "reserve",
+         "action": {"invoke": {"function": "reserve"}},
+         "compensation": {"invoke": {"function": "reserve"}}},
+        {"name": "charge",
+         "action": {"invoke": {"function": "charge"}},
+         "retry": {"max_attempts": 2, "initial": "10ms"}}
+    ]});
+    ok(&s, "PUT", "/v1/sagas/definitions/order", Some(definition)).await;
+    ok(
+        &s,
+        "POST",
+        "/v1/sagas",
+        Some(json!({"definition": "order", "id": "o-1", "input": {}})),
+    )
+    .await;
+    wait_for("the saga to compensate", || async {
+        let v = ok(&s, "GET", "/v1/sagas/o-1", None).await;
+        v["status"] == "compensated"
+    })
+    .await;
+    // The saga is the root; each step's command is its child, handled by the function.
+    let tree = ok(&s, "GET", "/v1/lineage/saga-o-1", None).await;
+    assert_eq!(tree["root"]["id"], "saga-o-1");
+    assert_eq!(tree["root"]["type"], "sluice.saga");
+    let steps = tree["root"]["caused"].as_array().unwrap();
+    let seen: Vec<(String, String, String)> = steps
+        .iter()
+        .map(|step| {
+            let handled = step["handled_by"].as_array().unwrap();
+            assert_eq!(handled.len(), 1, "{step}");
+            (
+                step["topic"].as_str().unwrap().to_owned(),
+                handled[0]["function"].as_str().unwrap().to_owned(),
+                handled[0]["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        (
+            "reserve".to_owned(),
+            "reserve".to_owned(),
+            "success".to_owned(),
+        ),
+        (
+            "charge".to_owned(),
+            "charge".to_owned(),
+            "failed".to_owned(),
+        ),
+        (
+            "charge".to_owned(),
+            "charge".to_owned(),
+            "failed".to_owned(),
+        ),
+        (
+            "reserve".to_owned(),
+            "reserve".to_owned(),
+            "success".to_owned(),
+        ),
+    ];
+    let mut got = seen.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "action, two charge attempts, compensation: {tree:#}"
+    );
+    for step in steps {
+        assert_eq!(step["type"], "sluice.saga.action");
+    }
+    // Asked about one step, the tree is still the saga's.
+    let step_id = steps[0]["id"].as_str().unwrap();
+    let again = ok(&s, "GET", &format!("/v1/lineage/{step_id}"), None).await;
+    assert_eq!(again["root"]["id"], "saga-o-1");
+}

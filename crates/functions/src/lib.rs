@@ -859,6 +859,14 @@ impl Functions {
         self.inner.lineage.tree(event)
     }
 
+    /// Records a saga step's command event as caused by its saga.
+    pub(crate) fn note_saga_step(&self, saga: &str, event: &str, ty: &str, target: Option<&str>) {
+        let now = self.inner.clock.now_ms();
+        if let Err(e) = self.inner.lineage.saga_step(saga, event, ty, target, now) {
+            tracing::warn!(error = %e, "recording a saga step in lineage failed");
+        }
+    }
+
     /// Records that `event` was dead-lettered (or removed) from its source.
     pub(crate) fn note_dead_letter(&self, event: &Map<String, Value>, d: &lineage::DeadLettered) {
         if let Err(e) = self.inner.lineage.dead_lettered(event, d) {

@@ -9,6 +9,8 @@
 //!   message id is known only once it is delivered, so the consumer writes this edge);
 //! - `e\0{event}`: the event's [`EventRecord`] (its root, type, where it went);
 //! - `x\0{event}`: where the event was dead-lettered ([`DeadLettered`]);
+//! - `c\0{cause}\0{event}`: `event` was caused by `cause` directly, with no invocation
+//!   between them: a saga's step commands, caused by the saga (`saga-{id}`);
 //! - `t\0{started_ms}{invocation}`: every key above written with that invocation, for
 //!   retention.
 //!
@@ -126,6 +128,9 @@ pub struct EventNode {
     pub time_ms: Option<u64>,
     /// Every invocation that had it as input, attempts in order.
     pub handled_by: Vec<InvocationNode>,
+    /// Events it caused directly: a saga's step commands.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub caused: Vec<EventNode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_lettered: Option<DeadLettered>,
 }
@@ -416,6 +421,7 @@ impl Lineage {
             topic: record.as_ref().and_then(|r| r.topic.clone()),
             time_ms: record.as_ref().and_then(|r| r.time_ms),
             handled_by: Vec::new(),
+            caused: Vec::new(),
             dead_lettered: self.get(&key(b'x', &[id.as_bytes()]))?,
         };
         if depth >= TREE_DEPTH_MAX {
@@ -451,7 +457,78 @@ impl Lineage {
             }
             node.handled_by.push(InvocationNode { invocation, caused });
         }
+        let direct = [key(b'c', &[id.as_bytes()]), vec![0]].concat();
+        for (k, _) in self.ks.range(&direct, &prefix_end(&direct), *budget)? {
+            let child = String::from_utf8_lossy(&k[direct.len()..]).into_owned();
+            if *budget == 0 {
+                break;
+            }
+            if seen.contains(&child) {
+                continue;
+            }
+            node.caused
+                .push(self.event_node(&child, depth + 1, budget, seen)?);
+        }
         Ok(node)
+    }
+
+    /// Records a saga step's command event, caused by its saga (`saga`, the saga's stream
+    /// name, is the chain's root): the invocations that handle it hang below it.
+    pub(crate) fn saga_step(
+        &self,
+        saga: &str,
+        event: &str,
+        ty: &str,
+        target: Option<&str>,
+        at_ms: u64,
+    ) -> Result<()> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        let mut keys = Vec::new();
+        let mut bytes = 0u64;
+        let mut put = |k: Vec<u8>, v: Vec<u8>| {
+            bytes += (k.len() + v.len()) as u64;
+            batch.put(&self.ks, k.clone(), v);
+            keys.push(k);
+        };
+        let root = EventRecord {
+            correlation_id: saga.to_owned(),
+            ty: Some("sluice.saga".into()),
+            topic: None,
+            producer: None,
+            time_ms: None,
+        };
+        put(
+            key(b'e', &[saga.as_bytes()]),
+            serde_json::to_vec(&root).expect("serializes"),
+        );
+        let step = EventRecord {
+            correlation_id: saga.to_owned(),
+            ty: Some(ty.to_owned()),
+            topic: target.map(str::to_owned),
+            producer: None,
+            time_ms: Some(at_ms),
+        };
+        put(
+            key(b'e', &[event.as_bytes()]),
+            serde_json::to_vec(&step).expect("serializes"),
+        );
+        put(key(b'c', &[saga.as_bytes(), event.as_bytes()]), Vec::new());
+        let t_key = key(
+            b't',
+            &[&[at_ms.to_be_bytes().as_slice(), b"s", event.as_bytes()].concat()],
+        );
+        let written = Written { keys, bytes };
+        batch.put(
+            &self.ks,
+            t_key,
+            serde_json::to_vec(&written).expect("serializes"),
+        );
+        self.store.write(batch)?;
+        *self.bytes.lock().unwrap() += written.bytes;
+        Ok(())
     }
 }
 

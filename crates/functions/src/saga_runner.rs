@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sluice_broker::context::{self, TraceParent};
 use sluice_broker::{Broker, Direction, Error as BrokerError, ExpectedVersion};
 use sluice_sagas::orchestrator::{self, Command, Event, Saga, Status};
 use sluice_sagas::{Action, SagaDefinition};
@@ -707,6 +708,22 @@ impl Sagas {
         };
         e.insert("sagakind".into(), kind.into());
         e.insert("idempotencykey".into(), call.key.into());
+        // The saga is the root of its steps' chains: their handlers are traced and
+        // counted from it.
+        let root = stream_of(call.id);
+        let trace = TraceParent::root(self.inner.broker.random());
+        e.insert(context::TRACEPARENT.into(), trace.to_string().into());
+        e.insert(context::CORRELATION_ID.into(), root.clone().into());
+        e.insert(context::CAUSATION_ID.into(), root.clone().into());
+        e.insert(context::HOP_COUNT.into(), 1.into());
+        let (ty, target) = match action {
+            Action::Invoke { function, .. } => ("sluice.saga.action", function.as_str()),
+            Action::Send { queue, .. } => ("sluice.saga.command", queue.as_str()),
+            Action::Publish { topic, .. } => ("sluice.saga.command", topic.as_str()),
+        };
+        self.inner
+            .functions
+            .note_saga_step(&root, call.key, ty, Some(target));
         match action {
             Action::Invoke { function, .. } => {
                 e.insert("type".into(), "sluice.saga.action".into());
@@ -727,9 +744,21 @@ impl Sagas {
             Action::Send { queue, .. } => {
                 e.insert("type".into(), "sluice.saga.command".into());
                 e.insert("replyto".into(), REPLIES_TOPIC.into());
+                // The message carries the saga's context like a function's sends do.
+                let mut attributes = Map::new();
+                for k in [
+                    context::TRACEPARENT,
+                    context::CORRELATION_ID,
+                    context::CAUSATION_ID,
+                ] {
+                    if let Some(v) = e.get(k) {
+                        attributes.insert(k.into(), v.clone());
+                    }
+                }
+                attributes.insert(context::HOP_COUNT.into(), "1".into());
                 let message = sluice_broker::NewMessage {
                     body: serde_json::to_vec(&e).expect("an event serializes"),
-                    attributes: b"{}".to_vec(),
+                    attributes: serde_json::to_vec(&attributes).expect("serializes"),
                     ..Default::default()
                 };
                 let outcome = self
