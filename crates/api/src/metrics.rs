@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_broker::{BrokerMetrics, QueueMetrics};
 use sluice_functions::budget::Standing;
+use sluice_functions::saga_runner::SagaCounts;
 use sluice_functions::{BudgetInfo, FunctionMetricsSnapshot, ProjectionInfo, TriggerInfo};
 use sluice_types::metrics::{Exposition, Kind};
 
@@ -39,6 +40,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     write_triggers(&mut e, &triggers);
     write_event_store(&mut e, &broker, &projections);
     write_budgets(&mut e, &state.functions().budgets());
+    write_sagas(&mut e, &state.sagas().counts());
     write_store(&mut e, &broker);
     write_process(&mut e, &state.inner.connections);
     Ok((
@@ -521,6 +523,39 @@ fn write_budgets(e: &mut Exposition, all: &[BudgetInfo]) {
             }
         },
     );
+}
+
+fn write_sagas(e: &mut Exposition, (counts, active): &(SagaCounts, usize)) {
+    e.family(
+        "sluice_sagas_started_total",
+        Kind::Counter,
+        "Sagas started, by definition.",
+    );
+    for (definition, n) in &counts.started {
+        e.sample(
+            "sluice_sagas_started_total",
+            &[("definition", definition)],
+            *n as f64,
+        );
+    }
+    e.family(
+        "sluice_sagas_finished_total",
+        Kind::Counter,
+        "Sagas that reached a final status (completed, compensated, compensation_failed, cancelled), by definition and status.",
+    );
+    for ((definition, status), n) in &counts.finished {
+        e.sample(
+            "sluice_sagas_finished_total",
+            &[("definition", definition), ("status", status)],
+            *n as f64,
+        );
+    }
+    e.family(
+        "sluice_sagas_active",
+        Kind::Gauge,
+        "Sagas running or compensating in this server now.",
+    );
+    e.sample("sluice_sagas_active", &[], *active as f64);
 }
 
 fn write_store(e: &mut Exposition, m: &BrokerMetrics) {

@@ -486,6 +486,15 @@ async fn a_sagas_steps_are_its_children_in_the_trace() {
     for step in steps {
         assert_eq!(step["type"], "sluice.saga.action");
     }
+    let (_, metrics) = s.call("GET", "/metrics", None).await;
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        "sluice_sagas_started_total{definition=\"order\"} 1\n",
+        "sluice_sagas_finished_total{definition=\"order\",status=\"compensated\"} 1\n",
+        "sluice_sagas_active 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
     // Asked about one step, the tree is still the saga's.
     let step_id = steps[0]["id"].as_str().unwrap();
     let again = ok(&s, "GET", &format!("/v1/lineage/{step_id}"), None).await;

@@ -84,6 +84,24 @@ struct Inner {
     cancel: CancellationToken,
     /// Whether the reply loop runs.
     replies_started: std::sync::atomic::AtomicBool,
+    /// Sagas started and finished since start, by definition (and final status).
+    counts: Mutex<SagaCounts>,
+}
+
+/// Sagas started and finished since the server started, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct SagaCounts {
+    /// By definition.
+    pub started: std::collections::BTreeMap<String, u64>,
+    /// By definition and final status (`completed`, `compensated`, …).
+    pub finished: std::collections::BTreeMap<(String, String), u64>,
+}
+
+fn status_name(s: Status) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn index_key(id: &str) -> Vec<u8> {
@@ -125,6 +143,7 @@ impl Sagas {
                 active: Mutex::new(HashMap::new()),
                 cancel,
                 replies_started: Default::default(),
+                counts: Mutex::default(),
             }),
         };
         // Sagas were run before: listen for replies again. (A server that never ran one has
@@ -292,8 +311,19 @@ impl Sagas {
             Err(BrokerError::WrongExpectedVersion { .. }) => return Ok((self.get(&id)?, false)),
             Err(e) => return Err(e.into()),
         }
+        *self
+            .inner
+            .counts
+            .lock()
+            .unwrap()
+            .started
+            .entry(def.name.clone())
+            .or_default() += 1;
         let mut saga = Saga::new(&id, &def.definition);
         let commands = orchestrator::handle(&def.definition, &mut saga, &started.event, now);
+        if saga.status.is_terminal() {
+            self.count_finished(&def.name, saga.status);
+        }
         let mut active = Active {
             summary,
             definition: def.definition,
@@ -574,6 +604,9 @@ impl Sagas {
         let before = a.saga.status;
         let definition = a.definition.clone();
         let commands = orchestrator::handle(&definition, &mut a.saga, &h.event, now);
+        if a.saga.status.is_terminal() && !before.is_terminal() {
+            self.count_finished(&a.summary.definition, a.saga.status);
+        }
         a.summary.status = a.saga.status;
         a.summary.updated_ms = now;
         if a.saga.status != before
@@ -583,6 +616,23 @@ impl Sagas {
         }
         drop(a);
         self.execute(id, commands);
+    }
+
+    fn count_finished(&self, definition: &str, status: Status) {
+        *self
+            .inner
+            .counts
+            .lock()
+            .unwrap()
+            .finished
+            .entry((definition.to_owned(), status_name(status)))
+            .or_default() += 1;
+    }
+
+    /// Sagas started and finished since start, and how many run now.
+    pub fn counts(&self) -> (SagaCounts, usize) {
+        let counts = self.inner.counts.lock().unwrap().clone();
+        (counts, self.inner.active.lock().unwrap().len())
     }
 
     fn execute(&self, id: &str, commands: Vec<Command>) {
