@@ -774,18 +774,37 @@ impl Functions {
         let attempt = input.as_ref().map_or(1, |i| i.attempt);
         let source = input.as_ref().map(|i| i.queue.clone());
         let admission = input.as_ref().and_then(|i| i.admission.clone());
-        let mut outputs = Vec::new();
+        let mut lineage = lineage::Invocation {
+            id: result.id.clone(),
+            function: name.to_owned(),
+            version: result.version,
+            trigger: trigger.clone(),
+            source,
+            attempt,
+            outcome: result.outcome_name().to_owned(),
+            error: result.failed(),
+            started_ms,
+            duration_us: result.duration.as_micros() as u64,
+            inputs: events
+                .iter()
+                .filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_owned))
+                .collect(),
+            outputs: Vec::new(),
+            sent_to: Vec::new(),
+        };
+        // Whether the lineage went with the commit; if not, it is written on its own.
+        let mut lineage_committed = false;
         let failed: Vec<FailedEvent> = match &result.outcome {
             Outcome::PartialFailure(f) => f.clone(),
             _ => Vec::new(),
         };
         if !matches!(result.outcome, Outcome::Failed(_)) {
             match self
-                .commit(name, &result.id, events, &inv.effects, &failed, input)
+                .commit(name, &mut lineage, events, &inv.effects, &failed, input)
                 .await
             {
-                Ok(published) => {
-                    outputs = published;
+                Ok(()) => {
+                    lineage_committed = true;
                     result.effects = inv.effects;
                 }
                 Err(Error::Broker(e)) if is_retryable_commit(&e) => {
@@ -811,29 +830,6 @@ impl Functions {
         if let Some(fuel) = result.fuel {
             metrics.fuel.fetch_add(fuel, Ordering::Relaxed);
         }
-        let lineage = lineage::Invocation {
-            id: result.id.clone(),
-            function: name.to_owned(),
-            version: result.version,
-            trigger: trigger.clone(),
-            source,
-            attempt,
-            outcome: result.outcome_name().to_owned(),
-            error: result.failed(),
-            started_ms,
-            duration_us: result.duration.as_micros() as u64,
-            inputs: events
-                .iter()
-                .filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_owned))
-                .collect(),
-            sent_to: result
-                .effects
-                .sent
-                .iter()
-                .map(|s| s.queue.clone())
-                .collect(),
-            outputs,
-        };
         let usage = budget::Usage::invocation(
             vmeta.settings.memory.0,
             lineage.duration_us,
@@ -847,8 +843,16 @@ impl Functions {
             self.inner.clock.now_ms(),
         );
         self.publish_budget_alerts(alerts);
-        if let Err(e) = self.inner.lineage.record(&lineage, events) {
-            tracing::warn!(function = name, error = %e, "recording lineage failed");
+        if !lineage_committed {
+            lineage.outcome = result.outcome_name().to_owned();
+            lineage.error = result.failed();
+            lineage.outputs.clear();
+            lineage.sent_to.clear();
+            if let Some(entries) = self.inner.lineage.entries(&lineage, events)
+                && let Err(e) = self.inner.lineage.write(entries)
+            {
+                tracing::warn!(function = name, error = %e, "recording lineage failed");
+            }
         }
         self.record(name, &result, trigger, attempt, events.len(), started_ms);
         Ok(result)
@@ -973,23 +977,25 @@ impl Functions {
         self.inner.metrics.snapshot()
     }
 
-    /// Writes what invocation `id` did, with the ack of its input, in one batch. What it
-    /// publishes and sends inherits the context of its input events (trace, correlation,
-    /// causation, hop count).
+    /// Writes what the invocation did, with the ack of its input and its lineage record,
+    /// in one batch. What it publishes and sends inherits the context of its input events
+    /// (trace, correlation, causation, hop count); `record` gets its outputs.
     async fn commit(
         &self,
         name: &str,
-        id: &str,
+        record: &mut lineage::Invocation,
         events: &[Map<String, Value>],
         effects: &Effects,
         failed: &[FailedEvent],
         input: Option<Input>,
-    ) -> Result<Vec<lineage::Output>> {
+    ) -> Result<()> {
+        let id = record.id.clone();
+        let id = id.as_str();
         let mut commit = Commit {
             kv_scope: name.to_owned(),
             ..Commit::default()
         };
-        let mut outputs = Vec::with_capacity(effects.published.len());
+        let outputs = &mut record.outputs;
         if !effects.published.is_empty() || !effects.sent.is_empty() {
             let own = telemetry::traceparent_of(&tracing::Span::current());
             let inherited = convert::inherited(events, id, self.inner.broker.random(), own);
@@ -1032,12 +1038,19 @@ impl Functions {
             }
             commit.input_queue = Some(input.queue);
         }
+        record.sent_to = effects.sent.iter().map(|s| s.queue.clone()).collect();
+        let lineage = self.inner.lineage.entries(record, events);
+        let bytes = lineage.as_ref().map(|l| l.bytes());
+        commit.records = lineage.map(|l| (self.inner.lineage.keyspace().clone(), l.puts));
         self.inner
             .broker
             .commit(commit)
             .instrument(tracing::info_span!(target: telemetry::TARGET, "store.commit"))
             .await?;
-        Ok(outputs)
+        if let Some(bytes) = bytes {
+            self.inner.lineage.written(bytes);
+        }
+        Ok(())
     }
 
     fn record(

@@ -172,11 +172,49 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
-/// What retention needs of one invocation's keys.
-#[derive(Serialize, Deserialize)]
+/// What retention needs of one write: its keys and their size. Encoded compactly as the
+/// size (8 bytes) then each key as a 2-byte length and its bytes.
 struct Written {
     keys: Vec<Vec<u8>>,
     bytes: u64,
+}
+
+impl Written {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.keys.iter().map(|k| k.len() + 2).sum::<usize>());
+        out.extend_from_slice(&self.bytes.to_be_bytes());
+        for k in &self.keys {
+            out.extend_from_slice(&(k.len().min(u16::MAX as usize) as u16).to_be_bytes());
+            out.extend_from_slice(&k[..k.len().min(u16::MAX as usize)]);
+        }
+        out
+    }
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        let bytes = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+        let mut keys = Vec::new();
+        let mut rest = &v[8..];
+        while !rest.is_empty() {
+            let n = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+            keys.push(rest.get(2..2 + n)?.to_vec());
+            rest = &rest[2 + n..];
+        }
+        Some(Self { keys, bytes })
+    }
+}
+
+/// An invocation's lineage writes, built before its commit so they can be written in the
+/// commit's own batch.
+pub(crate) struct Entries {
+    pub(crate) puts: Vec<(Vec<u8>, Vec<u8>)>,
+    bytes: u64,
+}
+
+impl Entries {
+    /// Bytes these writes add to lineage, for the size cap.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
 }
 
 /// The lineage store.
@@ -216,7 +254,7 @@ impl Lineage {
         let ks = store.keyspace("lineage")?;
         let mut bytes = 0;
         for (_, v) in ks.range(b"t\0", b"t\x01", usize::MAX)? {
-            if let Ok(w) = serde_json::from_slice::<Written>(&v) {
+            if let Some(w) = Written::decode(&v) {
                 bytes += w.bytes;
             }
         }
@@ -228,47 +266,73 @@ impl Lineage {
         })
     }
 
-    /// Records an invocation of `inputs` with what it produced.
-    pub(crate) fn record(&self, inv: &Invocation, inputs: &[Map<String, Value>]) -> Result<()> {
+    /// The keyspace lineage lives in, for writes that ride in another batch.
+    pub(crate) fn keyspace(&self) -> &Keyspace {
+        &self.ks
+    }
+
+    /// The writes that record an invocation of `inputs` with what it produced; `None`
+    /// when lineage is off. Nothing is read: an input produced by an invocation (or a
+    /// saga) already has its event record, written by its producer.
+    pub(crate) fn entries(
+        &self,
+        inv: &Invocation,
+        inputs: &[Map<String, Value>],
+    ) -> Option<Entries> {
         if !self.config.enabled {
-            return Ok(());
+            return None;
         }
-        let mut batch = self.store.batch();
-        let mut keys = Vec::new();
+        let mut puts = Vec::with_capacity(3 + 2 * inputs.len() + inv.outputs.len());
+        let mut keys = Vec::with_capacity(puts.capacity());
         let mut bytes = 0u64;
         let mut put = |k: Vec<u8>, v: Vec<u8>| {
             bytes += (k.len() + v.len()) as u64;
-            batch.put(&self.ks, k.clone(), v);
-            keys.push(k);
+            keys.push(k.clone());
+            puts.push((k, v));
         };
         let started = inv.started_ms.to_be_bytes();
+        let edge = [started.as_slice(), inv.id.as_bytes()].concat();
         for event in inputs {
             let ids = ids_of(event);
             let Some(own) = ids.first() else { continue };
+            let producer = text(event, INVOCATION_ID);
             let correlation = text(event, CORRELATION_ID).unwrap_or_else(|| own.clone());
+            let root = producer.is_none() && !event.contains_key("sagaid");
             for id in &ids {
-                let edge = [started.as_slice(), inv.id.as_bytes()].concat();
                 put(key(b'h', &[id.as_bytes(), &edge]), Vec::new());
-                let record = EventRecord {
-                    correlation_id: correlation.clone(),
-                    ty: text(event, "type"),
-                    topic: None,
-                    producer: text(event, INVOCATION_ID),
-                    time_ms: text(event, "time").and_then(|t| sluice_types::parse_rfc3339_ms(&t)),
-                };
-                let e_key = key(b'e', &[id.as_bytes()]);
-                // An output already recorded by its producer knows its topic: keep that.
-                if self.ks.get(&e_key)?.is_none() {
-                    put(e_key, serde_json::to_vec(&record).expect("serializes"));
+                if root {
+                    let record = EventRecord {
+                        correlation_id: correlation.clone(),
+                        ty: text(event, "type"),
+                        topic: None,
+                        producer: None,
+                        time_ms: text(event, "time")
+                            .and_then(|t| sluice_types::parse_rfc3339_ms(&t)),
+                    };
+                    put(
+                        key(b'e', &[id.as_bytes()]),
+                        serde_json::to_vec(&record).expect("serializes"),
+                    );
                 }
             }
             // A message a function sent: its producer learns its id only now.
-            if let Some(producer) = text(event, INVOCATION_ID)
+            if let Some(producer) = producer
                 && event.get("type").and_then(Value::as_str) == Some("sluice.queue.message")
             {
                 put(
                     key(b'o', &[producer.as_bytes(), own.as_bytes()]),
                     Vec::new(),
+                );
+                let record = EventRecord {
+                    correlation_id: correlation.clone(),
+                    ty: Some("sluice.queue.message".into()),
+                    topic: None,
+                    producer: Some(producer.clone()),
+                    time_ms: text(event, "time").and_then(|t| sluice_types::parse_rfc3339_ms(&t)),
+                };
+                put(
+                    key(b'e', &[own.as_bytes()]),
+                    serde_json::to_vec(&record).expect("serializes"),
                 );
             }
         }
@@ -293,16 +357,27 @@ impl Lineage {
             key(b'i', &[inv.id.as_bytes()]),
             serde_json::to_vec(inv).expect("serializes"),
         );
-        let t_key = key(b't', &[&[started.as_slice(), inv.id.as_bytes()].concat()]);
         let written = Written { keys, bytes };
-        batch.put(
-            &self.ks,
-            t_key,
-            serde_json::to_vec(&written).expect("serializes"),
-        );
+        puts.push((key(b't', &[&edge]), written.encode()));
+        Some(Entries { puts, bytes })
+    }
+
+    /// Writes an invocation's lineage in a batch of its own (an invocation that committed
+    /// nothing), without waiting for it to be durable.
+    pub(crate) fn write(&self, entries: Entries) -> Result<()> {
+        let mut batch = self.store.batch();
+        let bytes = entries.bytes;
+        for (k, v) in entries.puts {
+            batch.put(&self.ks, k, v);
+        }
         self.store.write(batch)?;
-        *self.bytes.lock().unwrap() += written.bytes;
+        self.written(bytes);
         Ok(())
+    }
+
+    /// Counts lineage written (in another batch) against the size cap.
+    pub(crate) fn written(&self, bytes: u64) {
+        *self.bytes.lock().unwrap() += bytes;
     }
 
     /// Records that `event` left `queue` for its dead-letter queue (or was removed).
@@ -327,11 +402,7 @@ impl Lineage {
             &[&[d.at_ms.to_be_bytes().as_slice(), b"x", first].concat()],
         );
         let written = Written { keys, bytes };
-        batch.put(
-            &self.ks,
-            t_key,
-            serde_json::to_vec(&written).expect("serializes"),
-        );
+        batch.put(&self.ks, t_key, written.encode());
         self.store.write(batch)?;
         *self.bytes.lock().unwrap() += written.bytes;
         Ok(())
@@ -360,7 +431,7 @@ impl Lineage {
                     done = true;
                     break;
                 }
-                if let Ok(w) = serde_json::from_slice::<Written>(v) {
+                if let Some(w) = Written::decode(v) {
                     for key in w.keys {
                         batch.delete(&self.ks, key);
                     }
@@ -521,11 +592,7 @@ impl Lineage {
             &[&[at_ms.to_be_bytes().as_slice(), b"s", event.as_bytes()].concat()],
         );
         let written = Written { keys, bytes };
-        batch.put(
-            &self.ks,
-            t_key,
-            serde_json::to_vec(&written).expect("serializes"),
-        );
+        batch.put(&self.ks, t_key, written.encode());
         self.store.write(batch)?;
         *self.bytes.lock().unwrap() += written.bytes;
         Ok(())
@@ -550,6 +617,18 @@ mod tests {
         let plain = event(json!({"id": "m-2", "type": "sluice.queue.message", "data": {"id": 3}}));
         assert_eq!(ids_of(&plain), vec!["m-2"]);
         assert_eq!(ids_of(&event(json!({"type": "x"}))), Vec::<String>::new());
+    }
+
+    #[test]
+    fn retention_records_round_trip() {
+        let w = Written {
+            keys: vec![b"h\0a\0x".to_vec(), Vec::new(), vec![0xff; 300]],
+            bytes: 12_345,
+        };
+        let back = Written::decode(&w.encode()).unwrap();
+        assert_eq!((back.keys, back.bytes), (w.keys, w.bytes));
+        assert!(Written::decode(&[0; 7]).is_none());
+        assert!(Written::decode(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 5, b'a']).is_none());
     }
 
     #[test]

@@ -110,6 +110,12 @@ pub struct Keyspace {
     inner: fjall::Keyspace,
 }
 
+impl std::fmt::Debug for Keyspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keyspace")
+    }
+}
+
 /// An atomic set of writes across keyspaces.
 pub struct Batch {
     inner: fjall::OwnedWriteBatch,

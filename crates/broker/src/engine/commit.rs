@@ -32,7 +32,13 @@ pub struct Commit {
     pub writes: BTreeMap<String, Option<Vec<u8>>>,
     /// Values keys must still have (`None`: absent) for the commit to happen.
     pub expected: BTreeMap<String, Option<Vec<u8>>>,
+    /// The caller's own records that commit with the rest, in its own keyspace (an
+    /// invocation's lineage): one journal write instead of two.
+    pub records: Option<(sluice_store::Keyspace, Vec<Record>)>,
 }
+
+/// A key and its value.
+pub type Record = (Vec<u8>, Vec<u8>);
 
 /// Key of `key` in the key-value keyspace under `scope`.
 pub(crate) fn kv_key(scope: &str, key: &str) -> Vec<u8> {
@@ -174,6 +180,11 @@ impl Engine {
                 let (_, w) =
                     self.nack_into(&mut batch, q, std::slice::from_ref(receipt), &nack, now)?;
                 woken.extend(w);
+            }
+        }
+        if let Some((ks, records)) = c.records {
+            for (k, v) in records {
+                batch.put(&ks, k, v);
             }
         }
         Ok((self.write(batch)?, woken))
