@@ -4,10 +4,13 @@
 //!
 //! Keys of the `lineage` keyspace (ids are never empty and contain no NUL):
 //! - `i\0{invocation}`: the [`Invocation`] record;
-//! - `h\0{event}\0{started_ms}{invocation}`: `event` was an input of `invocation`;
+//! - `h\0{event}\0{started_ms}{invocation}`: `event` was an input of `invocation`; for a
+//!   root event (one no invocation or saga produced) the value holds its [`RootInfo`], so
+//!   roots need no record of their own;
 //! - `o\0{producer}\0{event}`: `event` was sent to a queue by invocation `producer` (the
 //!   message id is known only once it is delivered, so the consumer writes this edge);
-//! - `e\0{event}`: the event's [`EventRecord`] (its root, type, where it went);
+//! - `e\0{event}`: the [`EventRecord`] of an event an invocation or saga produced (its
+//!   root, type, where it went);
 //! - `x\0{event}`: where the event was dead-lettered ([`DeadLettered`]);
 //! - `c\0{cause}\0{event}`: `event` was caused by `cause` directly, with no invocation
 //!   between them: a saga's step commands, caused by the saga (`saga-{id}`);
@@ -66,6 +69,15 @@ pub struct EventRecord {
     /// The invocation that produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
+}
+
+/// What lineage keeps of a root event, in its handled-by edges.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RootInfo {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_ms: Option<u64>,
 }
@@ -298,22 +310,32 @@ impl Lineage {
             let producer = text(event, INVOCATION_ID);
             let correlation = text(event, CORRELATION_ID).unwrap_or_else(|| own.clone());
             let root = producer.is_none() && !event.contains_key("sagaid");
+            let info = if root {
+                let info = RootInfo {
+                    ty: text(event, "type"),
+                    time_ms: text(event, "time").and_then(|t| sluice_types::parse_rfc3339_ms(&t)),
+                };
+                serde_json::to_vec(&info).expect("serializes")
+            } else {
+                Vec::new()
+            };
             for id in &ids {
-                put(key(b'h', &[id.as_bytes(), &edge]), Vec::new());
-                if root {
-                    let record = EventRecord {
-                        correlation_id: correlation.clone(),
-                        ty: text(event, "type"),
-                        topic: None,
-                        producer: None,
-                        time_ms: text(event, "time")
-                            .and_then(|t| sluice_types::parse_rfc3339_ms(&t)),
-                    };
-                    put(
-                        key(b'e', &[id.as_bytes()]),
-                        serde_json::to_vec(&record).expect("serializes"),
-                    );
-                }
+                put(key(b'h', &[id.as_bytes(), &edge]), info.clone());
+            }
+            // A root that is not its chain's root (it names another correlation id) still
+            // needs a record to find the tree from.
+            if root && correlation != *own {
+                let record = EventRecord {
+                    correlation_id: correlation.clone(),
+                    ty: text(event, "type"),
+                    topic: None,
+                    producer: None,
+                    time_ms: None,
+                };
+                put(
+                    key(b'e', &[own.as_bytes()]),
+                    serde_json::to_vec(&record).expect("serializes"),
+                );
             }
             // A message a function sent: its producer learns its id only now.
             if let Some(producer) = producer
@@ -461,19 +483,37 @@ impl Lineage {
     /// The causal tree of the chain `event` belongs to, from its root. `None` if lineage
     /// knows nothing of the event.
     pub(crate) fn tree(&self, event: &str) -> Result<Option<Tree>> {
-        let known: Option<EventRecord> = self.get(&key(b'e', &[event.as_bytes()]))?;
-        let Some(known) = known else {
-            return Ok(None);
+        let correlation = match self.get::<EventRecord>(&key(b'e', &[event.as_bytes()]))? {
+            Some(known) => known.correlation_id,
+            // A root event is its own chain's root; it is known if something handled it.
+            None if self.root_info(event)?.is_some() => event.to_owned(),
+            None => return Ok(None),
         };
         let mut budget = TREE_NODES_MAX;
         let mut seen = HashSet::new();
-        let root = self.event_node(&known.correlation_id, 0, &mut budget, &mut seen)?;
+        let root = self.event_node(&correlation, 0, &mut budget, &mut seen)?;
         Ok(Some(Tree {
             event: event.to_owned(),
-            correlation_id: known.correlation_id,
+            correlation_id: correlation,
             root,
             truncated: budget == 0,
         }))
+    }
+
+    /// What the first handled-by edge of a root event says of it.
+    fn root_info(&self, id: &str) -> Result<Option<RootInfo>> {
+        let prefix = [key(b'h', &[id.as_bytes()]), vec![0]].concat();
+        Ok(self
+            .ks
+            .range(&prefix, &prefix_end(&prefix), 1)?
+            .into_iter()
+            .next()
+            .map(|(_, v)| {
+                serde_json::from_slice(&v).unwrap_or(RootInfo {
+                    ty: None,
+                    time_ms: None,
+                })
+            }))
     }
 
     fn event_node(
@@ -486,11 +526,21 @@ impl Lineage {
         *budget = budget.saturating_sub(1);
         seen.insert(id.to_owned());
         let record: Option<EventRecord> = self.get(&key(b'e', &[id.as_bytes()]))?;
+        let root = match &record {
+            Some(_) => None,
+            None => self.root_info(id)?,
+        };
         let mut node = EventNode {
             id: id.to_owned(),
-            ty: record.as_ref().and_then(|r| r.ty.clone()),
+            ty: record
+                .as_ref()
+                .and_then(|r| r.ty.clone())
+                .or_else(|| root.as_ref().and_then(|r| r.ty.clone())),
             topic: record.as_ref().and_then(|r| r.topic.clone()),
-            time_ms: record.as_ref().and_then(|r| r.time_ms),
+            time_ms: record
+                .as_ref()
+                .and_then(|r| r.time_ms)
+                .or_else(|| root.as_ref().and_then(|r| r.time_ms)),
             handled_by: Vec::new(),
             caused: Vec::new(),
             dead_lettered: self.get(&key(b'x', &[id.as_bytes()]))?,
