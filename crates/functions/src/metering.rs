@@ -246,18 +246,19 @@ impl Metering {
         usage: &Usage,
         now_ms: u64,
     ) -> Vec<BudgetAlert> {
-        let bucket = (now_ms / HOUR_MS * HOUR_MS, kind, name.to_owned());
-        st.hours.entry(bucket.clone()).or_default().add(usage);
-        st.dirty.insert(bucket);
         let mut alerts = Vec::new();
         for (bname, b) in st.budgets.iter_mut() {
             if !b.config.covers(kind, name) {
                 continue;
             }
+            // A new period sums the buckets without this usage, which is added next.
             roll_period(b, &st.hours, now_ms);
             b.usage.entry(kind).or_default().add(usage);
             alerts.extend(self.restand(bname, b));
         }
+        let bucket = (now_ms / HOUR_MS * HOUR_MS, kind, name.to_owned());
+        st.hours.entry(bucket.clone()).or_default().add(usage);
+        st.dirty.insert(bucket);
         alerts
     }
 
@@ -562,4 +563,96 @@ fn roll_period(b: &mut BudgetState, hours: &BTreeMap<Bucket, Usage>, now_ms: u64
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_store::{Options, Store};
+
+    use super::*;
+    use crate::budget::{Period, Scope};
+
+    fn open(dir: &tempfile::TempDir, now: u64) -> Arc<Metering> {
+        let store = Store::open(&dir.path().join("store"), Options::default()).unwrap();
+        Arc::new(Metering::open(store, Prices::default(), now).unwrap())
+    }
+
+    fn one() -> Usage {
+        Usage::invocation(128 << 20, 1_000, 0)
+    }
+
+    #[tokio::test]
+    async fn budgets_count_each_invocation_once_across_periods_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 500 * HOUR_MS;
+        let m = open(&dir, hour);
+        let config = BudgetConfig {
+            scope: Scope::Function("f".into()),
+            period: Period::Hour,
+            limit: Limit::Invocations(3),
+            soft_threshold: 0.5,
+        };
+        m.put_budget("b", config, hour).unwrap();
+        // Admissions reserve: three fit, the fourth is refused while they run.
+        let admitted: Vec<Admission> = (0..3).map(|_| m.admit("t", "f", hour).unwrap()).collect();
+        assert_eq!(m.admit("t", "f", hour).unwrap_err(), "b");
+        assert_eq!(
+            m.admit("t", "other", hour).map(|_| ()),
+            Ok(()),
+            "not governed"
+        );
+        // Recording settles each reservation: still exactly three.
+        let mut alerts = Vec::new();
+        for a in &admitted {
+            alerts.extend(m.record_invocation("f", Some("t"), Some(a), &one(), hour + 1));
+        }
+        drop(admitted);
+        let kinds: Vec<&str> = alerts.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, ["budget.warning", "budget.exhausted"]);
+        let b = &m.budgets(hour + 2)[0];
+        assert_eq!((b.spent, b.standing), (3.0, Standing::Exhausted));
+        assert!(m.admit("t", "f", hour + 2).is_err());
+
+        // The next hour starts from nothing; its first invocation counts once.
+        let next = hour + HOUR_MS;
+        let a = m.admit("t", "f", next).unwrap();
+        m.record_invocation("f", Some("t"), Some(&a), &one(), next);
+        drop(a);
+        let b = &m.budgets(next)[0];
+        assert_eq!((b.spent, b.standing), (1.0, Standing::Ok));
+
+        // Usage persisted by a tick survives a restart; the budget is found again.
+        m.tick(&sluice_broker_metrics(), next).unwrap();
+        drop(m);
+        let m = open(&dir, next + 1);
+        assert_eq!(m.budgets(next + 1)[0].spent, 1.0);
+        let usage = m.usage_since(hour);
+        assert_eq!(usage[&(Kind::Function, "f".to_owned())].invocations, 4);
+        assert_eq!(usage[&(Kind::Trigger, "t".to_owned())].invocations, 4);
+
+        // An operator's resume lets the trigger past the spent budget this period.
+        let exhausted = BudgetConfig {
+            limit: Limit::Invocations(1),
+            ..m.budgets(next + 1)[0].config.clone()
+        };
+        m.put_budget("b", exhausted, next + 1).unwrap();
+        assert!(m.admit("t", "f", next + 1).is_err());
+        m.resume_trigger("t", "f");
+        assert!(m.admit("t", "f", next + 1).is_ok());
+        assert!(
+            m.admit("u", "f", next + 1).is_err(),
+            "only the resumed trigger"
+        );
+    }
+
+    fn sluice_broker_metrics() -> sluice_broker::BrokerMetrics {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s"), Options::default()).unwrap();
+        sluice_broker::BrokerMetrics {
+            queues: Vec::new(),
+            topics: Vec::new(),
+            streams: Default::default(),
+            store: store.metrics(),
+        }
+    }
 }
