@@ -64,21 +64,7 @@ fn event(out: &mut String, e: &Value, asked: &str, lead: &str, indent: &str) {
         invocation(out, inv, asked, indent, last);
     }
     // Events it caused directly: a saga's steps.
-    for (i, c) in caused.iter().enumerate() {
-        let last = i + 1 == caused.len() && dead.is_none();
-        let (lead, next) = if last {
-            ("└─ ", "   ")
-        } else {
-            ("├─ ", "│  ")
-        };
-        event(
-            out,
-            c,
-            asked,
-            &format!("{indent}{lead}"),
-            &format!("{indent}{next}"),
-        );
-    }
+    child_events(out, caused, asked, indent, dead.is_some());
     if let Some(d) = dead {
         let to = match d["dead_letter_queue"].as_str() {
             Some(q) => format!("to {q}"),
@@ -93,12 +79,32 @@ fn event(out: &mut String, e: &Value, asked: &str, lead: &str, indent: &str) {
     }
 }
 
-fn invocation(out: &mut String, inv: &Value, asked: &str, indent: &str, last: bool) {
-    let (lead, next) = if last {
+/// Draws `events` as children at `indent`; the last one closes the branch unless more
+/// follows it.
+fn child_events(out: &mut String, events: &[Value], asked: &str, indent: &str, more: bool) {
+    for (i, c) in events.iter().enumerate() {
+        let (lead, next) = branch(i + 1 == events.len() && !more);
+        event(
+            out,
+            c,
+            asked,
+            &format!("{indent}{lead}"),
+            &format!("{indent}{next}"),
+        );
+    }
+}
+
+/// The lead of a child line and the indent below it.
+fn branch(last: bool) -> (&'static str, &'static str) {
+    if last {
         ("└─ ", "   ")
     } else {
         ("├─ ", "│  ")
-    };
+    }
+}
+
+fn invocation(out: &mut String, inv: &Value, asked: &str, indent: &str, last: bool) {
+    let (lead, next) = branch(last);
     let mut line = format!(
         "{indent}{lead}{} v{}",
         inv["function"].as_str().unwrap_or_default(),
@@ -143,21 +149,7 @@ fn invocation(out: &mut String, inv: &Value, asked: &str, indent: &str, last: bo
             sent.join(", ")
         ));
     }
-    for (i, c) in caused.iter().enumerate() {
-        let last = i + 1 == caused.len();
-        let (lead, next) = if last {
-            ("└─ ", "   ")
-        } else {
-            ("├─ ", "│  ")
-        };
-        event(
-            out,
-            c,
-            asked,
-            &format!("{child_indent}{lead}"),
-            &format!("{child_indent}{next}"),
-        );
-    }
+    child_events(out, caused, asked, &child_indent, false);
 }
 
 #[cfg(test)]
