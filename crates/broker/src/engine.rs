@@ -734,6 +734,7 @@ impl Engine {
                 batch_dedup.insert(id.clone(), seq);
             }
             let delay = m.delay.unwrap_or(config.delay).as_millis();
+            let size = (m.body.len() + m.attributes.len()) as u64;
             let record = MessageRecord {
                 sent_ms: now,
                 group: m.group,
@@ -746,6 +747,8 @@ impl Engine {
             self.insert_message(batch, qid, seq, &record, now + delay, 0, 0, now)?;
             let q = self.queue_mut(name)?;
             q.counters.sent_total += 1;
+            q.activity.sent += 1;
+            q.activity.sent_bytes += size;
             outcomes.push(SendOutcome::Sent(codec::message_id(seq)));
         }
         Ok((outcomes, notify))

@@ -238,6 +238,10 @@ pub struct QueueActivity {
     pub lease_expired: u64,
     /// Messages moved from this queue to its dead-letter queue.
     pub dead_letter_moves: u64,
+    /// Messages sent (or forwarded) into the queue, and their bytes (body and attributes):
+    /// their mean size estimates the bytes the queue holds, for cost.
+    pub sent: u64,
+    pub sent_bytes: u64,
 }
 
 /// A queue's definition and counts.

@@ -95,7 +95,8 @@ async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing()
     let q = paused_by(&s, "cap").await;
     assert_eq!(q["stats"]["visible"], 400, "{q}");
     assert_eq!(invocations(&s).await, 100);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Longer than a metering tick, so the queue's storage is metered while it holds 400.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(invocations(&s).await, 100, "nothing runs while paused");
     let b = ok(&s, "GET", "/v1/budgets/cap", None).await;
     assert_eq!(
@@ -186,6 +187,16 @@ async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing()
         "{f}"
     );
     assert_eq!(cost["estimate"], true);
+    // The queue held 400 messages of about 11 bytes across a metering tick while paused.
+    let q = cost["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "queue" && i["name"] == "jobs")
+        .unwrap();
+    let held = q["usage"]["byte_seconds"].as_f64().unwrap();
+    assert!(held >= 400.0 * 8.0 * 0.5, "{q}");
+    assert!(q["cost_usd"]["storage"].as_f64().unwrap() > 0.0, "{q}");
     let t = ok(&s, "GET", "/v1/cost?by=trigger", None).await;
     assert_eq!(t["items"].as_array().unwrap().len(), 1, "{t}");
     assert_eq!(t["items"][0]["usage"]["invocations"], 700);

@@ -465,9 +465,19 @@ impl Metering {
                 None if first => 0,
                 None => ops,
             };
-            if requests > 0 {
+            // A queue's storage is estimated: the messages it holds times the mean size
+            // of those sent to it since start (a subscription's events are its topic's).
+            let held = q.stats.visible + q.stats.leased + q.stats.delayed;
+            let stored = match (q.subscription.is_none(), a.sent) {
+                (true, sent) if sent > 0 => {
+                    held as f64 * (a.sent_bytes as f64 / sent as f64) * elapsed_s
+                }
+                _ => 0.0,
+            };
+            if requests > 0 || stored > 0.0 {
                 let u = Usage {
                     requests,
+                    byte_seconds: stored,
                     ..Usage::default()
                 };
                 alerts.extend(self.add(&mut st, Kind::Queue, &q.name, &u, now_ms));

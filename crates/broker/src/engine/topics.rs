@@ -1154,6 +1154,7 @@ impl Engine {
         let sent = !found.is_empty();
         for (offset, entry) in found {
             let group = fifo.then(|| self.source(name).map(|s| s.group_of(&entry.event)));
+            let size = entry.event.len() as u64;
             let record = MessageRecord {
                 sent_ms: now,
                 group: group.transpose()?,
@@ -1170,7 +1171,10 @@ impl Engine {
             let seq = self.next_seq;
             self.next_seq += 1;
             self.insert_message(&mut batch, target_qid, seq, &record, now + delay, 0, 0, now)?;
-            self.queue_mut(target)?.counters.sent_total += 1;
+            let t = self.queue_mut(target)?;
+            t.counters.sent_total += 1;
+            t.activity.sent += 1;
+            t.activity.sent_bytes += size;
             self.queue_mut(name)?.counters.sent_total += 1;
         }
         self.source_mut(name)?.scan_next = scan_next;
