@@ -244,7 +244,7 @@ fn trigger_key(name: &str) -> Vec<u8> {
 
 impl Triggers {
     /// Loads the stored triggers and starts their loops, which stop when `cancel` is.
-    /// Events `hops_max` hops from their root are not handled (see [`Invocation::run`]).
+    /// Events `hops_max` hops from their root are not handled: they are stopped as loops.
     pub fn start(
         functions: Functions,
         broker: Broker,
