@@ -554,10 +554,12 @@ impl Engine {
     }
 
     /// Every queue and subscription with its counts, by name, and the event store's
-    /// append counts: what `/metrics` reports.
+    /// append counts: what `/metrics` reports. `oldest_age` reads each queue's oldest
+    /// message from the store; without it the counts are in memory only.
     pub(crate) fn metrics(
         &self,
         now: u64,
+        oldest_age: bool,
     ) -> Result<(Vec<crate::QueueMetrics>, streams::StreamActivity)> {
         let mut names: Vec<&String> = self.queues.keys().collect();
         names.sort();
@@ -572,7 +574,14 @@ impl Engine {
                 name: q.name.clone(),
                 subscription,
                 backlog,
-                stats: q.stats(self.oldest_sent(q)?, now),
+                stats: q.stats(
+                    if oldest_age {
+                        self.oldest_sent(q)?
+                    } else {
+                        None
+                    },
+                    now,
+                ),
             });
         }
         Ok((queues, self.stream_activity))

@@ -961,7 +961,7 @@ impl Functions {
 
     /// Takes queue and topic usage from the broker, rolls budget periods, persists usage.
     pub fn meter_tick(&self) -> Result<()> {
-        let m = self.inner.broker.metrics()?;
+        let m = self.inner.broker.counts()?;
         let alerts = self.inner.metering.tick(&m, self.inner.clock.now_ms())?;
         self.publish_budget_alerts(alerts);
         Ok(())

@@ -17,8 +17,9 @@
 //! - `t\0{started_ms}{invocation}`: every key above written with that invocation, for
 //!   retention.
 //!
-//! Records are written best-effort next to the invocation record, without waiting for an
-//! fsync: lineage explains what happened, it never holds up the work.
+//! A committed invocation's records go in its commit's own batch ([`Entries`]); one that
+//! committed nothing writes them in a batch of its own, not waited for: lineage explains
+//! what happened, it never holds up the work.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
