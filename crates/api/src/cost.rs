@@ -104,7 +104,7 @@ pub(crate) async fn put_budget(
     if let Some(message) = missing {
         return Err(sluice_functions::Error::InvalidBudget(message).into());
     }
-    let created = state.functions().put_budget(name.as_str(), config)?;
+    let created = state.functions().put_budget(name.as_str(), config).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -135,6 +135,6 @@ pub(crate) async fn delete_budget(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.functions().delete_budget(&name)?;
+    state.functions().delete_budget(&name).await?;
     Ok(to_json(StatusCode::OK, &json!({ "deleted": name })))
 }

@@ -907,19 +907,23 @@ impl Functions {
         self.inner.metering.resume_trigger(trigger, function);
     }
 
-    /// Creates or replaces a budget; returns whether it was created.
-    pub fn put_budget(&self, name: &str, config: budget::BudgetConfig) -> Result<bool> {
+    /// Creates or replaces a budget, durably; returns whether it was created.
+    pub async fn put_budget(&self, name: &str, config: budget::BudgetConfig) -> Result<bool> {
         config.validate().map_err(Error::InvalidBudget)?;
-        let (created, alert) =
+        let (created, alert, ticket) =
             self.inner
                 .metering
                 .put_budget(name, config, self.inner.clock.now_ms())?;
+        self.inner.store.durable(ticket).await?;
         self.publish_budget_alerts(alert.into_iter().collect());
         Ok(created)
     }
 
-    pub fn delete_budget(&self, name: &str) -> Result<()> {
-        if !self.inner.metering.delete_budget(name)? {
+    /// Deletes a budget, durably.
+    pub async fn delete_budget(&self, name: &str) -> Result<()> {
+        let (existed, ticket) = self.inner.metering.delete_budget(name)?;
+        self.inner.store.durable(ticket).await?;
+        if !existed {
             return Err(Error::BudgetNotFound(name.to_owned()));
         }
         Ok(())

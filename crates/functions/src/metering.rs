@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use sluice_store::{Keyspace, Store};
+use sluice_store::{Keyspace, Store, Ticket};
 use tokio::sync::watch;
 
 use crate::Result;
@@ -358,21 +358,21 @@ impl Metering {
         self.notify();
     }
 
-    /// Creates or replaces budget `name`. Returns whether it was created, and the alert
-    /// its standing makes due.
+    /// Creates or replaces budget `name`. Returns whether it was created, the alert its
+    /// standing makes due, and the write to await before answering.
     pub(crate) fn put_budget(
         &self,
         name: &str,
         config: BudgetConfig,
         now_ms: u64,
-    ) -> Result<(bool, Option<BudgetAlert>)> {
+    ) -> Result<(bool, Option<BudgetAlert>, Ticket)> {
         let mut batch = self.store.batch();
         batch.put(
             &self.ks,
             budget_key(name),
             serde_json::to_vec(&config).expect("serializes"),
         );
-        self.store.write(batch)?;
+        let ticket = self.store.write(batch)?;
         let mut st = self.state.lock().unwrap();
         let mut fresh = new_budget(config, &st.hours, now_ms);
         let old = st.budgets.remove(name);
@@ -389,16 +389,17 @@ impl Metering {
         st.budgets.insert(name.to_owned(), fresh);
         drop(st);
         self.notify();
-        Ok((created, alert))
+        Ok((created, alert, ticket))
     }
 
-    pub(crate) fn delete_budget(&self, name: &str) -> Result<bool> {
+    /// Deletes budget `name`: whether it existed, and the write to await.
+    pub(crate) fn delete_budget(&self, name: &str) -> Result<(bool, Ticket)> {
         let mut batch = self.store.batch();
         batch.delete(&self.ks, budget_key(name));
-        self.store.write(batch)?;
+        let ticket = self.store.write(batch)?;
         let existed = self.state.lock().unwrap().budgets.remove(name).is_some();
         self.notify();
-        Ok(existed)
+        Ok((existed, ticket))
     }
 
     pub(crate) fn budgets(&self, now_ms: u64) -> Vec<BudgetInfo> {
