@@ -1,5 +1,5 @@
 //! Black-box tests of functions against a real `sluice serve` process with
-//! Python and JavaScript guests built by the pinned toolchains: triggers with
+//! Python, JavaScript and C guests built by the pinned toolchains: triggers with
 //! batches, load leveling, partial batch failure, limits and bad deploys.
 
 use std::collections::{HashMap, HashSet};
@@ -228,6 +228,125 @@ async fn a_python_function_enriches_1000_orders_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_javascript_function_enriches_1000_orders_exactly_once() {
     enrich_pipeline("js", "examples/functions/enrich-js/enrich.js").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c_function_counts_600_events_by_type_exactly_once() {
+    let s = server();
+    let wasm = build_guest("c", "examples/functions/count-c/count.c");
+    deploy(&s, "count", &wasm, "env=OUT_TOPIC%3Dcounted").await;
+    for t in ["in", "counted"] {
+        ok(&s, "PUT", &format!("/v1/topics/{t}"), Some(json!({}))).await;
+    }
+    ok(
+        &s,
+        "PUT",
+        "/v1/topics/in/subscriptions/count",
+        Some(json!({"start": "earliest"})),
+    )
+    .await;
+    // Two invocations at once may race on a counter: compare-and-set fails one
+    // batch, which runs again, so every count is still taken exactly once.
+    let trigger = json!({"function": "count", "source": {"subscription": {"topic": "in", "subscription": "count"}},
+                         "batch_size": 10, "max_concurrency": 2});
+    ok(&s, "PUT", "/v1/triggers/count", Some(trigger)).await;
+    let types = ["order.placed", "order.paid", "order.shipped"];
+    let events: Vec<Value> = (0..600)
+        .map(|i| {
+            json!({"specversion": "1.0", "source": "/test", "type": types[i % 3],
+                        "id": format!("e{i}"), "data": {"n": i}})
+        })
+        .collect();
+    for chunk in events.chunks(200) {
+        let (status, v) = s
+            .call_with(
+                "POST",
+                "/v1/topics/in/events",
+                &[("content-type", "application/cloudevents-batch+json")],
+                serde_json::to_vec(chunk).unwrap(),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let start = Instant::now();
+    let mut counted = Vec::new();
+    while counted.len() < 600 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of 600 counted",
+            counted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        counted = read_topic(&s, "counted").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counted = read_topic(&s, "counted").await;
+    assert_eq!(counted.len(), 600, "one event per input");
+    let mut subjects = HashSet::new();
+    let mut counts: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in &counted {
+        let d = &e["data"];
+        let ty = d["type"].as_str().unwrap().to_owned();
+        assert_eq!(e["type"], json!(format!("{ty}.counted")), "{e}");
+        assert_eq!(e["source"], "sluice://functions/count", "{e}");
+        let subject = e["subject"].as_str().unwrap().to_owned();
+        let i: usize = subject[1..].parse().unwrap();
+        assert_eq!(ty, types[i % 3], "{e}");
+        assert!(subjects.insert(subject), "{e} counted twice");
+        counts
+            .entry(ty)
+            .or_default()
+            .push(d["count"].as_u64().unwrap());
+    }
+    for ty in types {
+        let mut n = counts.remove(ty).unwrap();
+        n.sort_unstable();
+        assert_eq!(n, (1..=200).collect::<Vec<u64>>(), "{ty}");
+        assert_eq!(
+            state(&s, "count", &format!("count:{ty}")).await.as_deref(),
+            Some("200")
+        );
+    }
+    // Every count was logged by the invocation that took it (failed attempts log too).
+    let logs = ok(&s, "GET", "/v1/functions/count/logs?limit=1000", None).await;
+    let lines: HashSet<String> = logs["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["lines"].as_array().unwrap().clone())
+        .map(|l| {
+            assert_eq!(l["level"], "info", "{l}");
+            l["message"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for ty in types {
+        for n in 1..=200 {
+            assert!(lines.contains(&format!("{ty} #{n}")), "{ty} #{n} logged");
+        }
+    }
+    // Partial failure with the function's reason; a refused publish fails the
+    // batch with the host's reason.
+    let batch = json!({"events": [
+        {"specversion": "1.0", "source": "/t", "type": "x", "id": "good", "data": 1},
+        {"specversion": "1.0", "source": "/t", "type": "x", "id": "empty"}]});
+    let v = ok(&s, "POST", "/v1/functions/count/invoke", Some(batch)).await;
+    assert_eq!(v["outcome"], "partial_failure", "{v}");
+    assert_eq!(
+        v["failed"],
+        json!([{"id": "empty", "reason": "event has no data"}]),
+        "{v}"
+    );
+    assert_eq!(v["effects"]["published"][0]["type"], "x.counted", "{v}");
+    deploy(&s, "count-nowhere", &wasm, "env=OUT_TOPIC%3Dmissing").await;
+    let v = ok(
+        &s,
+        "POST",
+        "/v1/functions/count-nowhere/invoke",
+        Some(json!({"data": 1})),
+    )
+    .await;
+    assert_eq!(v["outcome"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("missing"), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! Guest functions built for tests with `scripts/build-guest` (componentize-py
-//! or componentize-js), cached under `target/guests` by a hash of everything
+//! Guest functions built for tests with `scripts/build-guest` (componentize-py,
+//! componentize-js, or clang with the C helper), cached under `target/guests` by a hash of everything
 //! that goes into the build, so each is built once per change.
 
 use std::collections::hash_map::DefaultHasher;
@@ -20,26 +20,29 @@ pub fn workspace() -> PathBuf {
         .expect("workspace root")
 }
 
-/// Builds `source` (relative to the workspace root) as a `python` or `js`
+/// Builds `source` (relative to the workspace root) as a `python`, `js` or `c`
 /// guest and returns the component's path.
 pub fn build_guest(lang: &str, source: &str) -> PathBuf {
     let root = workspace();
     let src = root.join(source);
-    let helper = match lang {
-        "python" => "guests/python/sluice.py",
-        "js" => "guests/js/sluice.js",
+    let helpers: &[&str] = match lang {
+        "python" => &["guests/python/sluice.py"],
+        "js" => &["guests/js/sluice.js"],
+        "c" => &["guests/c/sluice.h", "guests/c/sluice.c"],
         other => panic!("unknown guest language {other}"),
     };
     let mut h = DefaultHasher::new();
-    for input in [
-        src.as_path(),
-        &root.join(helper),
-        &root.join("wit/function.wit"),
-        &root.join("scripts/build-guest"),
-        &root.join("tools/python-requirements.txt"),
-        &root.join("tools/js/package-lock.json"),
-    ] {
-        std::fs::read(input)
+    let inputs = [
+        "wit/function.wit",
+        "scripts/build-guest",
+        "tools/python-requirements.txt",
+        "tools/js/package-lock.json",
+        "tools/c-packages.txt",
+    ];
+    for input in
+        std::iter::once(src.clone()).chain(helpers.iter().chain(&inputs).map(|p| root.join(p)))
+    {
+        std::fs::read(&input)
             .unwrap_or_else(|e| panic!("{}: {e}", input.display()))
             .hash(&mut h);
     }
