@@ -18,6 +18,11 @@
 //!   three steps), which is what orchestration adds when the steps themselves take
 //!   microseconds.
 //!
+//! - BACKLOG: N messages sent to a queue that nobody receives from, with the server's RSS
+//!   after each tenth: the backlog lives on disk, so memory stays flat.
+//! - LIMITS: what the machine allows at best: the disk's fdatasync latency, a loopback TCP
+//!   round trip, and one HTTP round trip to the server's `/healthz`.
+//!
 //! Client and server share the machine, so the client's own work (JSON, HTTP) is part of
 //! every figure; the report says so.
 
@@ -33,6 +38,18 @@ use tokio::sync::Semaphore;
 
 use crate::client::{ClientArgs, Output};
 
+#[cfg(feature = "nats")]
+mod nats;
+
+/// The broker a run measures.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broker {
+    /// The Sluice server at `--server`.
+    Sluice,
+    /// NATS JetStream at `--nats-url`, W1–W3 only (a build with `--features nats`).
+    Nats,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     W1,
@@ -41,6 +58,12 @@ pub enum Workload {
     W4,
     Es,
     Sagas,
+    /// The machine's floors beside the figures: the disk's fdatasync, a loopback TCP
+    /// round trip, and an HTTP request the server answers without work (`/healthz`).
+    Limits,
+    /// A backlog of `--messages` sent to one queue and never received, with the server's
+    /// RSS (`--server-pid`) after each tenth: memory must not grow with the backlog.
+    Backlog,
     All,
 }
 
@@ -51,6 +74,12 @@ pub struct BenchArgs {
     /// Which workload to run.
     #[arg(long, value_enum, default_value = "all")]
     workload: Workload,
+    /// Which broker to measure, for side-by-side figures (`scripts/bench --compare nats`).
+    #[arg(long, value_enum, default_value = "sluice")]
+    broker: Broker,
+    /// The NATS server for `--broker nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
     /// W1: messages per phase.
     #[arg(long, default_value_t = 200_000)]
     messages: usize,
@@ -106,6 +135,10 @@ pub struct BenchArgs {
     /// ES: where to probe the disk's fdatasync latency (the server's disk).
     #[arg(long, default_value = ".")]
     fsync_probe_dir: std::path::PathBuf,
+    /// BACKLOG: the server's process id, to read its RSS (client and server share the
+    /// machine).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Repetitions of each workload; the report gives the median and the range.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -401,7 +434,7 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
     }
     let pad = padding(args.size.saturating_sub(24));
     let origin = Instant::now() + Duration::from_millis(100);
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
+    let latencies = Arc::new(Latencies::new(origin, total));
     let acked = Arc::new(AtomicUsize::new(0));
     let deadline = origin + args.duration.to_std() + Duration::from_secs(60);
     let mut consumers = Vec::new();
@@ -414,24 +447,70 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
         );
         consumers.push(tokio::spawn(async move {
             consume(http, queue, 100, acked, total, deadline, move |body| {
-                let now = origin.elapsed().as_micros() as u64;
-                if let Ok(v) = serde_json::from_str::<Value>(body)
-                    && let Some(t) = v["t"].as_u64()
-                {
-                    latencies
-                        .lock()
-                        .expect("latency lock")
-                        .push(now.saturating_sub(t));
-                }
+                latencies.record(body.as_bytes())
             })
             .await
         }));
     }
-    // Sends go out at their intended times; latency is measured from the intended time, so
-    // a send that had to wait counts its wait.
-    let in_flight = Arc::new(Semaphore::new(512));
     let path = format!("/v1/queues/{queue}/messages");
-    let interval_ns = 1_000_000_000 / args.rate.max(1);
+    let sent = send_paced(args.rate, total, origin, |t| {
+        let body = format!("{{\"messages\":[{{\"body\":{{\"t\":{t},\"p\":\"{pad}\"}}}}]}}");
+        let (http, path) = (http.clone(), path.clone());
+        async move { http.post(&path, body).await.map(|_| ()) }
+    });
+    sent.await?;
+
+    for c in consumers {
+        c.await??;
+    }
+    http.delete(&format!("/v1/queues/{queue}")).await;
+    latencies.summary(total)
+}
+
+/// W2's latencies, each from a message's intended send time (`t`, µs since `origin`, in
+/// its JSON body) to its delivery.
+struct Latencies {
+    origin: Instant,
+    list: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Latencies {
+    fn new(origin: Instant, total: usize) -> Self {
+        Self {
+            origin,
+            list: std::sync::Mutex::new(Vec::with_capacity(total)),
+        }
+    }
+
+    fn record(&self, body: &[u8]) {
+        let now = self.origin.elapsed().as_micros() as u64;
+        if let Ok(v) = serde_json::from_slice::<Value>(body)
+            && let Some(t) = v["t"].as_u64()
+        {
+            self.list
+                .lock()
+                .expect("latency lock")
+                .push(now.saturating_sub(t));
+        }
+    }
+
+    fn summary(&self, total: usize) -> anyhow::Result<W2> {
+        let l = std::mem::take(&mut *self.list.lock().expect("latency lock"));
+        w2_latencies(l, total)
+    }
+}
+
+/// Calls `send(t)` for messages `0..total` at their intended times, `rate` a second from
+/// `origin` (`t`: the intended time in µs since `origin`), at most 512 at once, and waits
+/// for all. Latency counts from the intended time, so a send that had to wait for a
+/// permit or a stalled server counts its wait (no coordinated omission).
+async fn send_paced<F, Fut>(rate: u64, total: usize, origin: Instant, send: F) -> anyhow::Result<()>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let in_flight = Arc::new(Semaphore::new(512));
+    let interval_ns = 1_000_000_000 / rate.max(1);
     let mut senders = Vec::with_capacity(total);
     for i in 0..total {
         let intended = origin + Duration::from_nanos(interval_ns * i as u64);
@@ -441,23 +520,21 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
             .acquire_owned()
             .await
             .expect("semaphore open");
-        let t = intended.saturating_duration_since(origin).as_micros() as u64;
-        let body = format!("{{\"messages\":[{{\"body\":{{\"t\":{t},\"p\":\"{pad}\"}}}}]}}");
-        let (http, path) = (http.clone(), path.clone());
+        let sending = send(intended.saturating_duration_since(origin).as_micros() as u64);
         senders.push(tokio::spawn(async move {
-            let r = http.post(&path, body).await;
+            let r = sending.await;
             drop(permit);
-            r.map(|_| ())
+            r
         }));
     }
     for s in senders {
         s.await??;
     }
-    for c in consumers {
-        c.await??;
-    }
-    http.delete(&format!("/v1/queues/{queue}")).await;
-    let mut l = std::mem::take(&mut *latencies.lock().expect("latency lock"));
+    Ok(())
+}
+
+/// W2's percentiles from every message's latency.
+fn w2_latencies(mut l: Vec<u64>, total: usize) -> anyhow::Result<W2> {
     if l.len() != total {
         bail!(
             "W2 measured {} of {total} deliveries; bodies without a send time?",
@@ -835,14 +912,32 @@ impl Conn {
     }
 
     async fn post(&mut self, path: &str, body: String) -> anyhow::Result<()> {
+        self.request(hyper::Method::POST, path, body).await
+    }
+
+    async fn get(&mut self, path: &str) -> anyhow::Result<()> {
+        self.request(hyper::Method::GET, path, String::new()).await
+    }
+
+    async fn request(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: String,
+    ) -> anyhow::Result<()> {
         use http_body_util::BodyExt;
-        let mut req = hyper::Request::post(path)
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", &self.host)
             .header("content-type", "application/json");
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        // After a response, the connection may still be finishing it: wait until it can
+        // take the next request.
+        self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
@@ -1008,6 +1103,78 @@ fn fsync_probe(dir: &std::path::Path) -> anyhow::Result<Vec<u64>> {
     Ok(lat)
 }
 
+/// Round trips of a 64-byte ping over loopback TCP to an echo task in this process, as
+/// sorted µs.
+async fn loopback_probe() -> anyhow::Result<Vec<u64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let echo = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).await.is_ok() {
+            s.write_all(&buf).await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut buf = [7u8; 64];
+    let mut lat = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        s.write_all(&buf).await?;
+        s.read_exact(&mut buf).await?;
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    drop(s);
+    echo.await??;
+    lat.sort_unstable();
+    Ok(lat)
+}
+
+/// What a run measures: a Sluice server over HTTP, or NATS JetStream.
+enum Target {
+    Sluice(Arc<Http>),
+    #[cfg(feature = "nats")]
+    Nats(nats::Nats),
+}
+
+impl Target {
+    fn sluice(&self, workload: &str) -> anyhow::Result<&Arc<Http>> {
+        match self {
+            Target::Sluice(http) => Ok(http),
+            #[cfg(feature = "nats")]
+            Target::Nats(_) => bail!("{workload} measures Sluice only; NATS runs W1, W2 and W3"),
+        }
+    }
+
+    async fn w1(&self, args: &BenchArgs, run: usize) -> anyhow::Result<W1> {
+        match self {
+            Target::Sluice(http) => w1(http, args, run).await,
+            #[cfg(feature = "nats")]
+            Target::Nats(n) => nats::w1(n, args, run).await,
+        }
+    }
+
+    async fn w2(&self, args: &BenchArgs, run: usize) -> anyhow::Result<W2> {
+        match self {
+            Target::Sluice(http) => w2(http, args, run).await,
+            #[cfg(feature = "nats")]
+            Target::Nats(n) => nats::w2(n, args, run).await,
+        }
+    }
+
+    async fn w3(&self, args: &BenchArgs, run: usize) -> anyhow::Result<W3> {
+        match self {
+            Target::Sluice(http) => w3(http, args, run).await,
+            #[cfg(feature = "nats")]
+            Target::Nats(n) => nats::w3(n, args, run).await,
+        }
+    }
+}
+
 /// Median, min and max of `v`.
 fn summary(v: &[f64]) -> Value {
     let mut s = v.to_vec();
@@ -1030,6 +1197,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         bail!("--runs, --producers and --consumers must be at least 1, --batch 1..=1000");
     }
+    let target = match args.broker {
+        Broker::Sluice => None,
+        #[cfg(feature = "nats")]
+        Broker::Nats => Some(Target::Nats(nats::Nats::new(&args.nats_url))),
+        #[cfg(not(feature = "nats"))]
+        Broker::Nats => {
+            bail!("this sluice was built without NATS support: build it with `--features nats`")
+        }
+    };
     let http = Arc::new(Http {
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -1039,15 +1215,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         base: args.client.server.trim_end_matches('/').to_owned(),
         token: args.client.auth_token.clone(),
     });
+    let target = target.unwrap_or_else(|| Target::Sluice(http.clone()));
     let human = args.client.output == Output::Human;
     let mut report = json!({
+        "broker": match args.broker { Broker::Sluice => "sluice", Broker::Nats => "nats" },
         "size_bytes": args.size,
         "note": "client and server on the same machine; client work is included",
     });
     if matches!(args.workload, Workload::W1 | Workload::All) {
         let (mut p, mut c, mut b) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..args.runs {
-            let r = w1(&http, &args, run).await?;
+            let r = target.w1(&args, run).await?;
             if human {
                 eprintln!(
                     "W1 run {}: produce {:.0} msg/s, consume+ack {:.0} msg/s, concurrent end-to-end {:.0} msg/s",
@@ -1076,7 +1254,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut sent = 0;
         for run in 0..args.runs {
-            let r = w2(&http, &args, run).await?;
+            let r = target.w2(&args, run).await?;
             if human {
                 eprintln!(
                     "W2 run {}: {} msgs at {}/s, send→deliver p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
@@ -1108,7 +1286,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if matches!(args.workload, Workload::W3 | Workload::All) {
         let (mut p, mut d, mut c, mut q) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..args.runs {
-            let r = w3(&http, &args, run).await?;
+            let r = target.w3(&args, run).await?;
             if human {
                 eprintln!(
                     "W3 run {}: publish {:.0} events/s, 4 subscriptions deliver+ack {:.0}/s, concurrent {:.0}/s, 25% filters {:.0}/s",
@@ -1135,6 +1313,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "quarter_filter_deliveries_per_s": summary(&q),
         });
     }
+    if matches!(args.workload, Workload::Backlog) {
+        let http = target.sluice("BACKLOG")?;
+        let pid = args.server_pid.context("BACKLOG needs --server-pid")?;
+        let rss = || -> anyhow::Result<u64> {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .with_context(|| format!("reading the RSS of process {pid}"))?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .context("no VmRSS in /proc/PID/status")
+        };
+        let queue = format!("bench-backlog-{}", std::process::id());
+        http.put(&format!("/v1/queues/{queue}"), json!({})).await?;
+        let step = args.messages.div_ceil(10).max(1);
+        let mut samples = vec![json!({"sent": 0, "rss_kib": rss()?})];
+        let mut sent = 0;
+        let t = Instant::now();
+        while sent < args.messages {
+            let n = step.min(args.messages - sent);
+            produce(http, &queue, n, args.batch, args.producers, args.size).await?;
+            sent += n;
+            let q: Value =
+                serde_json::from_slice(&http.get(&format!("/v1/queues/{queue}")).await?)?;
+            let sample = json!({
+                "sent": sent,
+                "rss_kib": rss()?,
+                "visible": q["stats"]["visible"],
+                "seconds": t.elapsed().as_secs_f64().round(),
+            });
+            if human {
+                eprintln!("backlog {sample}");
+            }
+            samples.push(sample);
+        }
+        report["backlog"] = json!({
+            "messages": args.messages,
+            "send_msgs_per_s": rate(args.messages, t.elapsed()).round(),
+            "samples": samples,
+        });
+    }
     if matches!(args.workload, Workload::W4) {
         let path = args.guest.as_ref().context("W4 needs --guest FILE.wasm")?;
         let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -1148,7 +1367,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ] {
             let mut rates = Vec::new();
             for run in 0..args.runs {
-                let r = w4(&http, &args, &wasm, batch, n, run).await?;
+                let r = w4(target.sluice("W4")?, &args, &wasm, batch, n, run).await?;
                 if human {
                     eprintln!(
                         "W4 run {}: batch {batch}, {n} messages, {r:.0} events/s",
@@ -1170,7 +1389,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (mut r, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
         let (mut a50, mut a99) = (Vec::new(), Vec::new());
         for run in 0..args.runs {
-            let s = sagas(&http, &args, &wasm, run).await?;
+            let s = sagas(target.sluice("SAGAS")?, &args, &wasm, run).await?;
             if human {
                 eprintln!(
                     "SAGAS run {}: {} three-step sagas, {:.0} sagas/s, per step under load p50 {:.2} ms, p99 {:.2} ms; one saga at a time p50 {} µs, p99 {} µs",
@@ -1200,11 +1419,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "alone_per_step_p99_us": summary(&a99),
         });
     }
+    if matches!(args.workload, Workload::Limits) {
+        let http = target.sluice("LIMITS")?;
+        let fsync = fsync_probe(&args.fsync_probe_dir)?;
+        let loopback = loopback_probe().await?;
+        let mut conn = Conn::open(http).await?;
+        let mut requests = Vec::with_capacity(5_000);
+        for _ in 0..5_000 {
+            let t = Instant::now();
+            conn.get("/healthz").await?;
+            requests.push(t.elapsed().as_micros() as u64);
+        }
+        requests.sort_unstable();
+        if human {
+            eprintln!(
+                "fdatasync p50 {} µs, p99 {} µs; loopback round trip p50 {} µs, p99 {} µs; HTTP /healthz p50 {} µs, p99 {} µs",
+                quantile(&fsync, 0.5),
+                quantile(&fsync, 0.99),
+                quantile(&loopback, 0.5),
+                quantile(&loopback, 0.99),
+                quantile(&requests, 0.5),
+                quantile(&requests, 0.99)
+            );
+        }
+        report["limits"] = json!({
+            "disk_fdatasync_p50_us": quantile(&fsync, 0.50),
+            "disk_fdatasync_p99_us": quantile(&fsync, 0.99),
+            "loopback_round_trip_p50_us": quantile(&loopback, 0.50),
+            "loopback_round_trip_p99_us": quantile(&loopback, 0.99),
+            "http_healthz_p50_us": quantile(&requests, 0.50),
+            "http_healthz_p99_us": quantile(&requests, 0.99),
+        });
+    }
     if matches!(args.workload, Workload::Es) {
         let fsync = fsync_probe(&args.fsync_probe_dir)?;
         let mut m: [Vec<f64>; 7] = Default::default();
         for run in 0..args.runs {
-            let r = es(&http, &args, run).await?;
+            let r = es(target.sluice("ES")?, &args, run).await?;
             if human {
                 eprintln!(
                     "ES run {}: single appends {:.0} events/s (p50 {} µs, p99 {} µs), batched {:.0} events/s, read stream {:.0}/s, read $all {:.0}/s, catch-up {:.0}/s",
