@@ -428,13 +428,8 @@ struct W2 {
 async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2> {
     let queue = format!("bench-w2-{}-{run}", std::process::id());
     http.put(&format!("/v1/queues/{queue}"), json!({})).await?;
-    let total = (args.rate as u128 * args.duration.as_millis() as u128 / 1_000) as usize;
-    if total == 0 {
-        bail!("--rate and --duration give no messages");
-    }
-    let pad = padding(args.size.saturating_sub(24));
-    let origin = Instant::now() + Duration::from_millis(100);
-    let latencies = Arc::new(Latencies::new(origin, total));
+    let (total, pad, latencies) = w2_schedule(args)?;
+    let origin = latencies.origin;
     let acked = Arc::new(AtomicUsize::new(0));
     let deadline = origin + args.duration.to_std() + Duration::from_secs(60);
     let mut consumers = Vec::new();
@@ -465,6 +460,21 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
     }
     http.delete(&format!("/v1/queues/{queue}")).await;
     latencies.summary(total)
+}
+
+/// W2's schedule: the messages `--rate` and `--duration` give, the padding that makes each
+/// body about `--size` bytes, and where their latencies go (counted from 100 ms from now).
+fn w2_schedule(args: &BenchArgs) -> anyhow::Result<(usize, String, Arc<Latencies>)> {
+    let total = (args.rate as u128 * args.duration.as_millis() as u128 / 1_000) as usize;
+    if total == 0 {
+        bail!("--rate and --duration give no messages");
+    }
+    let origin = Instant::now() + Duration::from_millis(100);
+    Ok((
+        total,
+        padding(args.size.saturating_sub(24)),
+        Arc::new(Latencies::new(origin, total)),
+    ))
 }
 
 /// W2's latencies, each from a message's intended send time (`t`, µs since `origin`, in
@@ -1142,6 +1152,8 @@ enum Target {
 }
 
 impl Target {
+    /// The Sluice server, for the workloads only Sluice runs.
+    #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
     fn sluice(&self, workload: &str) -> anyhow::Result<&Arc<Http>> {
         match self {
             Target::Sluice(http) => Ok(http),

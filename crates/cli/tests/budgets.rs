@@ -7,20 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice_testkit::TestServer;
 
-async fn ok(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
-    let (status, v) = s.call(method, path, body).await;
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {v}"
-    );
-    v
-}
-
 async fn send(s: &TestServer, queue: &str, n: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let messages: Vec<Value> = chunk.iter().map(|i| json!({"body": {"n": i}})).collect();
-        ok(
-            s,
+        s.ok(
             "POST",
             &format!("/v1/queues/{queue}/messages"),
             Some(json!({ "messages": messages })),
@@ -56,8 +46,8 @@ async fn invocations(s: &TestServer) -> u64 {
 /// the queue's counts then.
 async fn paused_by(s: &TestServer, budget: &str) -> Value {
     until("the trigger to pause", || async {
-        let t = ok(s, "GET", "/v1/triggers/work", None).await;
-        let q = ok(s, "GET", "/v1/queues/jobs", None).await;
+        let t = s.ok("GET", "/v1/triggers/work", None).await;
+        let q = s.ok("GET", "/v1/queues/jobs", None).await;
         (t["stats"]["budget_paused"] == budget
             && t["stats"]["in_flight"] == 0
             && q["stats"]["leased"] == 0)
@@ -69,7 +59,7 @@ async fn paused_by(s: &TestServer, budget: &str) -> Value {
 #[tokio::test]
 async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
-    ok(&s, "PUT", "/v1/queues/jobs", Some(json!({}))).await;
+    s.ok("PUT", "/v1/queues/jobs", Some(json!({}))).await;
     let (status, v) = s
         .call_with(
             "POST",
@@ -80,12 +70,10 @@ async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing()
         .await;
     assert_eq!(status, 201, "{v}");
     let cap = |n: u64| json!({"scope": {"function": "noop"}, "period": "day", "limit": {"invocations": n}});
-    let b = ok(&s, "PUT", "/v1/budgets/cap", Some(cap(100))).await;
+    let b = s.ok("PUT", "/v1/budgets/cap", Some(cap(100))).await;
     assert_eq!(b["standing"], "ok");
     send(&s, "jobs", 500).await;
-    ok(
-        &s,
-        "PUT",
+    s.ok("PUT",
         "/v1/triggers/work",
         Some(json!({"function": "noop", "source": {"queue": "jobs"}, "batch_size": 1, "max_concurrency": 4})),
     )
@@ -98,13 +86,13 @@ async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing()
     // Longer than a metering tick, so the queue's storage is metered while it holds 400.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(invocations(&s).await, 100, "nothing runs while paused");
-    let b = ok(&s, "GET", "/v1/budgets/cap", None).await;
+    let b = s.ok("GET", "/v1/budgets/cap", None).await;
     assert_eq!(
         (b["spent"].as_f64(), b["standing"].as_str()),
         (Some(100.0), Some("exhausted")),
         "{b}"
     );
-    let alerts = ok(&s, "GET", "/v1/topics/sluice.alerts/events", None).await;
+    let alerts = s.ok("GET", "/v1/topics/sluice.alerts/events", None).await;
     let kinds: Vec<&str> = alerts["events"]
         .as_array()
         .unwrap()
@@ -128,37 +116,37 @@ async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing()
     }
 
     // Raising the budget resumes it: all 500 complete.
-    ok(&s, "PUT", "/v1/budgets/cap", Some(cap(1000))).await;
+    s.ok("PUT", "/v1/budgets/cap", Some(cap(1000))).await;
     until("the backlog to drain", || async {
-        let q = ok(&s, "GET", "/v1/queues/jobs", None).await;
+        let q = s.ok("GET", "/v1/queues/jobs", None).await;
         let done = q["stats"]["visible"] == 0 && q["stats"]["leased"] == 0;
         done.then_some(q)
     })
     .await;
     assert_eq!(invocations(&s).await, 500);
-    let t = ok(&s, "GET", "/v1/triggers/work", None).await;
+    let t = s.ok("GET", "/v1/triggers/work", None).await;
     assert_eq!(t["stats"]["budget_paused"], Value::Null);
 
     // Spent again: an operator's resume lets the trigger run past it for this period.
-    ok(&s, "PUT", "/v1/budgets/cap", Some(cap(600))).await;
+    s.ok("PUT", "/v1/budgets/cap", Some(cap(600))).await;
     send(&s, "jobs", 200).await;
     let q = paused_by(&s, "cap").await;
     assert_eq!(q["stats"]["visible"], 100, "{q}");
     assert_eq!(invocations(&s).await, 600);
-    ok(&s, "POST", "/v1/triggers/work/resume", None).await;
+    s.ok("POST", "/v1/triggers/work/resume", None).await;
     until("the resumed trigger to drain", || async {
-        let q = ok(&s, "GET", "/v1/queues/jobs", None).await;
+        let q = s.ok("GET", "/v1/queues/jobs", None).await;
         (q["stats"]["visible"] == 0 && q["stats"]["leased"] == 0).then_some(q)
     })
     .await;
     assert_eq!(invocations(&s).await, 700);
-    let b = ok(&s, "GET", "/v1/budgets/cap", None).await;
+    let b = s.ok("GET", "/v1/budgets/cap", None).await;
     assert_eq!(b["resumed_triggers"], json!(["work"]), "{b}");
 
     // Usage and cost: 700 invocations of 128 MiB, attributed to function and trigger;
     // the queue's operations are counted on the next metering tick.
     let cost = until("queue usage to be metered", || async {
-        let c = ok(&s, "GET", "/v1/cost?since=1h", None).await;
+        let c = s.ok("GET", "/v1/cost?since=1h", None).await;
         let item = |kind: &str, name: &str| {
             c["items"]
                 .as_array()
@@ -197,7 +185,7 @@ async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing()
     let held = q["usage"]["byte_seconds"].as_f64().unwrap();
     assert!(held >= 400.0 * 8.0 * 0.5, "{q}");
     assert!(q["cost_usd"]["storage"].as_f64().unwrap() > 0.0, "{q}");
-    let t = ok(&s, "GET", "/v1/cost?by=trigger", None).await;
+    let t = s.ok("GET", "/v1/cost?by=trigger", None).await;
     assert_eq!(t["items"].as_array().unwrap().len(), 1, "{t}");
     assert_eq!(t["items"][0]["usage"]["invocations"], 700);
 
@@ -248,8 +236,7 @@ async fn the_cost_and_budget_commands() {
         )
         .await;
     assert_eq!(status, 201);
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/functions/noop/invoke",
         Some(json!({"data": 1})),

@@ -13,28 +13,8 @@ fn server() -> TestServer {
     TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[])
 }
 
-async fn ok(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
-    let (status, v) = s.call(method, path, body).await;
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {v}"
-    );
-    v
-}
-
 async fn deploy(s: &TestServer, name: &str, wasm: &Path, query: &str) -> Value {
-    let bytes = std::fs::read(wasm).unwrap();
-    let path = format!("/v1/functions/{name}/versions?{query}");
-    let (status, v) = s
-        .call_with(
-            "POST",
-            &path,
-            &[("content-type", "application/wasm")],
-            bytes,
-        )
-        .await;
-    assert_eq!(status, 201, "deploy {name}: {v}");
-    v
+    s.deploy(name, std::fs::read(wasm).unwrap(), query).await
 }
 
 /// Sends JSON bodies to a queue in batches of up to 1,000.
@@ -48,13 +28,13 @@ async fn send_all(s: &TestServer, queue: &str, bodies: &[Value]) {
                 None => json!({ "body": b }),
             })
             .collect();
-        let v = ok(
-            s,
-            "POST",
-            &format!("/v1/queues/{queue}/messages"),
-            Some(json!({ "messages": messages })),
-        )
-        .await;
+        let v = s
+            .ok(
+                "POST",
+                &format!("/v1/queues/{queue}/messages"),
+                Some(json!({ "messages": messages })),
+            )
+            .await;
         assert!(v["failed"].as_array().is_none_or(|f| f.is_empty()), "{v}");
     }
 }
@@ -63,7 +43,7 @@ async fn send_all(s: &TestServer, queue: &str, bodies: &[Value]) {
 async fn drained(s: &TestServer, queue: &str, timeout: Duration) {
     let start = Instant::now();
     loop {
-        let q = ok(s, "GET", &format!("/v1/queues/{queue}"), None).await;
+        let q = s.ok("GET", &format!("/v1/queues/{queue}"), None).await;
         let st = &q["stats"];
         if st["visible"] == 0 && st["leased"] == 0 && st["delayed"] == 0 {
             return;
@@ -81,13 +61,13 @@ async fn read_topic(s: &TestServer, topic: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut from = 0u64;
     loop {
-        let v = ok(
-            s,
-            "GET",
-            &format!("/v1/topics/{topic}/events?from={from}&limit=1000"),
-            None,
-        )
-        .await;
+        let v = s
+            .ok(
+                "GET",
+                &format!("/v1/topics/{topic}/events?from={from}&limit=1000"),
+                None,
+            )
+            .await;
         let events = v["events"].as_array().unwrap().clone();
         if events.is_empty() {
             return out;
@@ -136,11 +116,13 @@ async fn enrich_pipeline(lang: &str, source: &str) {
         &format!("env=TAX_RATE%3D0.1&env=OUT_TOPIC%3D{topic}"),
     )
     .await;
-    ok(&s, "PUT", &format!("/v1/topics/{topic}"), Some(json!({}))).await;
-    ok(&s, "PUT", "/v1/queues/orders", Some(json!({"fifo": true}))).await;
+    s.ok("PUT", &format!("/v1/topics/{topic}"), Some(json!({})))
+        .await;
+    s.ok("PUT", "/v1/queues/orders", Some(json!({"fifo": true})))
+        .await;
     let trigger = json!({"function": f, "source": {"queue": "orders"}, "batch_size": 10,
                          "batch_window": "20ms", "max_concurrency": 4});
-    ok(&s, "PUT", "/v1/triggers/enrich", Some(trigger)).await;
+    s.ok("PUT", "/v1/triggers/enrich", Some(trigger)).await;
     // Tiers first, then 1,000 orders from 20 customers, in FIFO groups by customer.
     send_all(&s, "orders", &[json!({"customer": "c0", "tier": "gold"})]).await;
     drained(&s, "orders", Duration::from_secs(60)).await;
@@ -191,7 +173,7 @@ async fn enrich_pipeline(lang: &str, source: &str) {
         );
     }
     assert_eq!(state(&s, &f, "tier:c0").await.as_deref(), Some("gold"));
-    let t = ok(&s, "GET", "/v1/triggers/enrich", None).await;
+    let t = s.ok("GET", "/v1/triggers/enrich", None).await;
     assert_eq!(
         t["stats"]["errors"], 0,
         "no conflicts on a FIFO queue grouped by customer: {t}"
@@ -199,13 +181,9 @@ async fn enrich_pipeline(lang: &str, source: &str) {
     assert_eq!(t["stats"]["events"], 1001, "{t}");
     assert!(t["stats"]["max_in_flight"].as_u64().unwrap() <= 4, "{t}");
     // Every invocation left a record with its log lines.
-    let logs = ok(
-        &s,
-        "GET",
-        &format!("/v1/functions/{f}/logs?limit=1000"),
-        None,
-    )
-    .await;
+    let logs = s
+        .ok("GET", &format!("/v1/functions/{f}/logs?limit=1000"), None)
+        .await;
     let records = logs["records"].as_array().unwrap();
     assert!(!records.is_empty());
     assert!(
@@ -236,10 +214,10 @@ async fn a_c_function_counts_600_events_by_type_exactly_once() {
     let wasm = build_guest("c", "examples/functions/count-c/count.c");
     deploy(&s, "count", &wasm, "env=OUT_TOPIC%3Dcounted").await;
     for t in ["in", "counted"] {
-        ok(&s, "PUT", &format!("/v1/topics/{t}"), Some(json!({}))).await;
+        s.ok("PUT", &format!("/v1/topics/{t}"), Some(json!({})))
+            .await;
     }
-    ok(
-        &s,
+    s.ok(
         "PUT",
         "/v1/topics/in/subscriptions/count",
         Some(json!({"start": "earliest"})),
@@ -249,7 +227,7 @@ async fn a_c_function_counts_600_events_by_type_exactly_once() {
     // batch, which runs again, so every count is still taken exactly once.
     let trigger = json!({"function": "count", "source": {"subscription": {"topic": "in", "subscription": "count"}},
                          "batch_size": 10, "max_concurrency": 2});
-    ok(&s, "PUT", "/v1/triggers/count", Some(trigger)).await;
+    s.ok("PUT", "/v1/triggers/count", Some(trigger)).await;
     let types = ["order.placed", "order.paid", "order.shipped"];
     let events: Vec<Value> = (0..600)
         .map(|i| {
@@ -308,7 +286,9 @@ async fn a_c_function_counts_600_events_by_type_exactly_once() {
         );
     }
     // Every count was logged by the invocation that took it (failed attempts log too).
-    let logs = ok(&s, "GET", "/v1/functions/count/logs?limit=1000", None).await;
+    let logs = s
+        .ok("GET", "/v1/functions/count/logs?limit=1000", None)
+        .await;
     let lines: HashSet<String> = logs["records"]
         .as_array()
         .unwrap()
@@ -329,7 +309,9 @@ async fn a_c_function_counts_600_events_by_type_exactly_once() {
     let batch = json!({"events": [
         {"specversion": "1.0", "source": "/t", "type": "x", "id": "good", "data": 1},
         {"specversion": "1.0", "source": "/t", "type": "x", "id": "empty"}]});
-    let v = ok(&s, "POST", "/v1/functions/count/invoke", Some(batch)).await;
+    let v = s
+        .ok("POST", "/v1/functions/count/invoke", Some(batch))
+        .await;
     assert_eq!(v["outcome"], "partial_failure", "{v}");
     assert_eq!(
         v["failed"],
@@ -338,13 +320,13 @@ async fn a_c_function_counts_600_events_by_type_exactly_once() {
     );
     assert_eq!(v["effects"]["published"][0]["type"], "x.counted", "{v}");
     deploy(&s, "count-nowhere", &wasm, "env=OUT_TOPIC%3Dmissing").await;
-    let v = ok(
-        &s,
-        "POST",
-        "/v1/functions/count-nowhere/invoke",
-        Some(json!({"data": 1})),
-    )
-    .await;
+    let v = s
+        .ok(
+            "POST",
+            "/v1/functions/count-nowhere/invoke",
+            Some(json!({"data": 1})),
+        )
+        .await;
     assert_eq!(v["outcome"], "failed", "{v}");
     assert!(v["error"].as_str().unwrap().contains("missing"), "{v}");
 }
@@ -354,23 +336,23 @@ async fn a_burst_of_10000_runs_at_most_3_invocations_at_once_and_loses_nothing()
     let s = server();
     let wasm = build_guest("python", "crates/cli/tests/guests/slow.py");
     deploy(&s, "slow", &wasm, "concurrency=10").await;
-    ok(&s, "PUT", "/v1/topics/leveled", Some(json!({}))).await;
-    ok(&s, "PUT", "/v1/queues/burst", Some(json!({}))).await;
+    s.ok("PUT", "/v1/topics/leveled", Some(json!({}))).await;
+    s.ok("PUT", "/v1/queues/burst", Some(json!({}))).await;
     let bodies: Vec<Value> = (0..10_000).map(|i| json!({ "i": i })).collect();
     send_all(&s, "burst", &bodies).await;
     let trigger = json!({"function": "slow", "source": {"queue": "burst"}, "batch_size": 10,
                          "max_concurrency": 3});
-    ok(&s, "PUT", "/v1/triggers/level", Some(trigger)).await;
+    s.ok("PUT", "/v1/triggers/level", Some(trigger)).await;
     // While it drains, the backlog waits in the queue, not in the server's memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let q = ok(&s, "GET", "/v1/queues/burst", None).await;
+    let q = s.ok("GET", "/v1/queues/burst", None).await;
     assert!(q["stats"]["visible"].as_u64().unwrap() > 1000, "{q}");
     assert!(
         q["stats"]["leased"].as_u64().unwrap() <= 30,
         "at most 3 batches of 10 leased: {q}"
     );
     drained(&s, "burst", Duration::from_secs(300)).await;
-    let t = ok(&s, "GET", "/v1/triggers/level", None).await;
+    let t = s.ok("GET", "/v1/triggers/level", None).await;
     let max = t["stats"]["max_in_flight"].as_u64().unwrap();
     assert!((1..=3).contains(&max), "observed concurrency {max}: {t}");
     assert!(
@@ -391,11 +373,12 @@ async fn only_the_poison_order_is_retried_and_dead_lettered_with_the_error() {
     let s = server();
     let wasm = build_guest("python", "examples/functions/enrich-python/enrich.py");
     deploy(&s, "enrich", &wasm, "").await;
-    ok(&s, "PUT", "/v1/topics/orders-enriched", Some(json!({}))).await;
-    ok(&s, "PUT", "/v1/queues/dlq", Some(json!({}))).await;
+    s.ok("PUT", "/v1/topics/orders-enriched", Some(json!({})))
+        .await;
+    s.ok("PUT", "/v1/queues/dlq", Some(json!({}))).await;
     let queue = json!({"max_attempts": 3, "dead_letter_queue": "dlq",
                        "backoff": {"initial": "10ms", "max": "50ms"}});
-    ok(&s, "PUT", "/v1/queues/orders", Some(queue)).await;
+    s.ok("PUT", "/v1/queues/orders", Some(queue)).await;
     let mut orders: Vec<Value> = (0..9).map(|i| order(i, "c1")).collect();
     orders.insert(
         4,
@@ -404,7 +387,7 @@ async fn only_the_poison_order_is_retried_and_dead_lettered_with_the_error() {
     send_all(&s, "orders", &orders).await;
     let trigger = json!({"function": "enrich", "source": {"queue": "orders"}, "batch_size": 10,
                          "batch_window": "100ms", "max_concurrency": 1});
-    ok(&s, "PUT", "/v1/triggers/t", Some(trigger)).await;
+    s.ok("PUT", "/v1/triggers/t", Some(trigger)).await;
     drained(&s, "orders", Duration::from_secs(60)).await;
     let events = read_topic(&s, "orders-enriched").await;
     assert_eq!(
@@ -412,13 +395,9 @@ async fn only_the_poison_order_is_retried_and_dead_lettered_with_the_error() {
         9,
         "the good orders were processed once, not retried"
     );
-    let got = ok(
-        &s,
-        "POST",
-        "/v1/queues/dlq/receive",
-        Some(json!({"max": 10})),
-    )
-    .await;
+    let got = s
+        .ok("POST", "/v1/queues/dlq/receive", Some(json!({"max": 10})))
+        .await;
     let messages = got["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 1, "{got}");
     assert_eq!(messages[0]["body"]["order_id"], "poison");
@@ -431,7 +410,9 @@ async fn only_the_poison_order_is_retried_and_dead_lettered_with_the_error() {
             .contains("order poison has no items"),
         "{dl}"
     );
-    let logs = ok(&s, "GET", "/v1/functions/enrich/logs?limit=100", None).await;
+    let logs = s
+        .ok("GET", "/v1/functions/enrich/logs?limit=100", None)
+        .await;
     let attempts: Vec<u64> = logs["records"]
         .as_array()
         .unwrap()
@@ -452,13 +433,13 @@ async fn limits_fail_the_invocation_and_the_server_keeps_serving() {
     deploy(&s, "escape", &escape, "").await;
 
     let started = Instant::now();
-    let v = ok(
-        &s,
-        "POST",
-        "/v1/functions/spin/invoke",
-        Some(json!({"data": 1})),
-    )
-    .await;
+    let v = s
+        .ok(
+            "POST",
+            "/v1/functions/spin/invoke",
+            Some(json!({"data": 1})),
+        )
+        .await;
     assert_eq!(v["outcome"], "failed", "{v}");
     assert!(
         v["error"]
@@ -469,13 +450,9 @@ async fn limits_fail_the_invocation_and_the_server_keeps_serving() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    let v = ok(
-        &s,
-        "POST",
-        "/v1/functions/hog/invoke",
-        Some(json!({"data": 1})),
-    )
-    .await;
+    let v = s
+        .ok("POST", "/v1/functions/hog/invoke", Some(json!({"data": 1})))
+        .await;
     assert_eq!(v["outcome"], "failed", "{v}");
     assert!(
         v["error"]
@@ -485,13 +462,13 @@ async fn limits_fail_the_invocation_and_the_server_keeps_serving() {
         "{v}"
     );
 
-    let v = ok(
-        &s,
-        "POST",
-        "/v1/functions/escape/invoke",
-        Some(json!({"data": 1})),
-    )
-    .await;
+    let v = s
+        .ok(
+            "POST",
+            "/v1/functions/escape/invoke",
+            Some(json!({"data": 1})),
+        )
+        .await;
     assert_eq!(
         v["outcome"], "success",
         "neither a file nor a socket opened: {v}"
@@ -530,13 +507,13 @@ async fn limits_fail_the_invocation_and_the_server_keeps_serving() {
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let other = ok(
-        &s,
-        "POST",
-        "/v1/functions/escape/invoke",
-        Some(json!({"data": 1})),
-    )
-    .await;
+    let other = s
+        .ok(
+            "POST",
+            "/v1/functions/escape/invoke",
+            Some(json!({"data": 1})),
+        )
+        .await;
     assert_eq!(other["outcome"], "success", "{other}");
     assert!(
         !spinning.is_finished(),
@@ -796,9 +773,8 @@ async fn bad_deploys_are_refused_with_what_is_wrong() {
             "{method} {path}: {v}"
         );
     }
-    ok(&s, "PUT", "/v1/queues/q", Some(json!({}))).await;
-    ok(
-        &s,
+    s.ok("PUT", "/v1/queues/q", Some(json!({}))).await;
+    s.ok(
         "PUT",
         "/v1/triggers/t",
         Some(json!({"function": "f", "source": {"queue": "q"}})),
@@ -838,9 +814,8 @@ async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    ok(&s, "PUT", "/v1/topics/t", Some(json!({}))).await;
-    ok(
-        &s,
+    s.ok("PUT", "/v1/topics/t", Some(json!({}))).await;
+    s.ok(
         "PUT",
         "/v1/topics/t/subscriptions/s",
         Some(json!({"start": "earliest"})),
@@ -848,7 +823,7 @@ async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
     .await;
     let trigger = json!({"function": "ok", "source": {"subscription": {"topic": "t", "subscription": "s"}},
                          "rate_limit": 20.0, "paused": true});
-    ok(&s, "PUT", "/v1/triggers/rt", Some(trigger)).await;
+    s.ok("PUT", "/v1/triggers/rt", Some(trigger)).await;
     let events: Vec<Value> = (0..40)
         .map(|i| json!({"specversion": "1.0", "source": "/test", "type": "tick", "id": format!("e{i}")}))
         .collect();
@@ -863,15 +838,15 @@ async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
     assert_eq!(status, 200, "{v}");
     // Paused: nothing is leased, the events wait in the subscription.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
+    let t = s.ok("GET", "/v1/triggers/rt", None).await;
     assert_eq!(t["stats"]["invocations"], 0, "{t}");
-    let sub = ok(&s, "GET", "/v1/topics/t/subscriptions/s", None).await;
+    let sub = s.ok("GET", "/v1/topics/t/subscriptions/s", None).await;
     assert_eq!(sub["backlog"], 40, "{sub}");
     // Resumed at 20 invocations a second with a burst of 20: 40 events take about a second.
     let resumed = Instant::now();
-    ok(&s, "POST", "/v1/triggers/rt/resume", None).await;
+    s.ok("POST", "/v1/triggers/rt/resume", None).await;
     loop {
-        let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
+        let t = s.ok("GET", "/v1/triggers/rt", None).await;
         if t["stats"]["invocations"] == 40 {
             break;
         }
@@ -883,14 +858,14 @@ async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
         took >= Duration::from_millis(900),
         "the rate limit held: {took:?}"
     );
-    let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
+    let t = s.ok("GET", "/v1/triggers/rt", None).await;
     assert!(t["stats"]["throttled_rate"].as_u64().unwrap() > 0, "{t}");
     // Each event was delivered as published, and acked with the invocation.
-    let logs = ok(&s, "GET", "/v1/functions/ok/logs?limit=100", None).await;
+    let logs = s.ok("GET", "/v1/functions/ok/logs?limit=100", None).await;
     assert_eq!(logs["records"].as_array().unwrap().len(), 40);
     let mut backlog = Value::Null;
     for _ in 0..50 {
-        let sub = ok(&s, "GET", "/v1/topics/t/subscriptions/s", None).await;
+        let sub = s.ok("GET", "/v1/topics/t/subscriptions/s", None).await;
         backlog = sub["backlog"].clone();
         if backlog == 0 && sub["stats"]["leased"] == 0 {
             break;
@@ -899,9 +874,9 @@ async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
     }
     assert_eq!(backlog, 0);
     // Pausing again is durable: after a restart the trigger is still paused.
-    ok(&s, "POST", "/v1/triggers/rt/pause", None).await;
+    s.ok("POST", "/v1/triggers/rt/pause", None).await;
     s.crash_and_restart();
-    let t = ok(&s, "GET", "/v1/triggers/rt", None).await;
+    let t = s.ok("GET", "/v1/triggers/rt", None).await;
     assert_eq!(t["config"]["paused"], true, "{t}");
     assert_eq!(
         t["stats"]["invocations"], 0,

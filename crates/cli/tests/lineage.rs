@@ -6,27 +6,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice_testkit::TestServer;
 
-async fn ok(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
-    let (status, v) = s.call(method, path, body).await;
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {v}"
-    );
-    v
-}
-
-async fn deploy(s: &TestServer, name: &str, wasm: Vec<u8>) {
-    let (status, v) = s
-        .call_with(
-            "POST",
-            &format!("/v1/functions/{name}/versions"),
-            &[("content-type", "application/wasm")],
-            wasm,
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
-}
-
 async fn publish(s: &TestServer, topic: &str, event: Value) {
     let (status, v) = s
         .call_with(
@@ -40,13 +19,13 @@ async fn publish(s: &TestServer, topic: &str, event: Value) {
 }
 
 async fn events(s: &TestServer, topic: &str) -> Vec<Value> {
-    let v = ok(
-        s,
-        "GET",
-        &format!("/v1/topics/{topic}/events?limit=1000"),
-        None,
-    )
-    .await;
+    let v = s
+        .ok(
+            "GET",
+            &format!("/v1/topics/{topic}/events?limit=1000"),
+            None,
+        )
+        .await;
     v["events"]
         .as_array()
         .unwrap()
@@ -72,20 +51,17 @@ async fn a_function_that_republishes_its_input_is_stopped_at_the_hop_limit() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &["--max-hops", "5"]);
     // `effects` publishes an event to topic `t` (and sends to `q`) on every invocation:
     // triggered by a subscription of `t`, it feeds itself.
-    ok(&s, "PUT", "/v1/queues/q", Some(json!({}))).await;
-    ok(&s, "PUT", "/v1/queues/loops", Some(json!({}))).await;
-    ok(&s, "PUT", "/v1/topics/t", Some(json!({}))).await;
-    ok(
-        &s,
+    s.ok("PUT", "/v1/queues/q", Some(json!({}))).await;
+    s.ok("PUT", "/v1/queues/loops", Some(json!({}))).await;
+    s.ok("PUT", "/v1/topics/t", Some(json!({}))).await;
+    s.ok(
         "PUT",
         "/v1/topics/t/subscriptions/s",
         Some(json!({"dead_letter_queue": "loops"})),
     )
     .await;
-    deploy(&s, "echo", sluice_guests::effects()).await;
-    ok(
-        &s,
-        "PUT",
+    s.deploy("echo", sluice_guests::effects(), "").await;
+    s.ok("PUT",
         "/v1/triggers/echo-t",
         Some(json!({"function": "echo", "source": {"subscription": {"topic": "t", "subscription": "s"}}})),
     )
@@ -98,7 +74,7 @@ async fn a_function_that_republishes_its_input_is_stopped_at_the_hop_limit() {
     .await;
 
     wait_for("the loop to be dead-lettered", || async {
-        let v = ok(&s, "GET", "/v1/queues/loops", None).await;
+        let v = s.ok("GET", "/v1/queues/loops", None).await;
         v["stats"]["visible"] == 1
     })
     .await;
@@ -115,13 +91,9 @@ async fn a_function_that_republishes_its_input_is_stopped_at_the_hop_limit() {
             assert!(e["invocationid"].is_string(), "{e}");
         }
     }
-    let dead = ok(
-        &s,
-        "POST",
-        "/v1/queues/loops/receive",
-        Some(json!({"max": 10})),
-    )
-    .await;
+    let dead = s
+        .ok("POST", "/v1/queues/loops/receive", Some(json!({"max": 10})))
+        .await;
     let dead = dead["messages"].as_array().unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -130,7 +102,9 @@ async fn a_function_that_republishes_its_input_is_stopped_at_the_hop_limit() {
     );
     assert_eq!(dead[0]["body"]["id"], all[5]["id"]);
     // Sends carry the context in their attributes: five invocations, five messages.
-    let sent = ok(&s, "POST", "/v1/queues/q/receive", Some(json!({"max": 10}))).await;
+    let sent = s
+        .ok("POST", "/v1/queues/q/receive", Some(json!({"max": 10})))
+        .await;
     let sent = sent["messages"].as_array().unwrap();
     assert_eq!(sent.len(), 5);
     for m in sent {
@@ -162,7 +136,7 @@ async fn a_function_that_republishes_its_input_is_stopped_at_the_hop_limit() {
 #[tokio::test]
 async fn root_events_get_a_context_and_malformed_context_is_refused() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
-    ok(&s, "PUT", "/v1/topics/t", Some(json!({}))).await;
+    s.ok("PUT", "/v1/topics/t", Some(json!({}))).await;
     let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     publish(
         &s,
@@ -248,10 +222,12 @@ fn shape(e: &Value) -> Value {
 async fn trace_shows_the_causal_tree_of_a_fan_out_and_a_function_chain() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
     for q in ["q", "bill-dlq"] {
-        ok(&s, "PUT", &format!("/v1/queues/{q}"), Some(json!({}))).await;
+        s.ok("PUT", &format!("/v1/queues/{q}"), Some(json!({})))
+            .await;
     }
     for t in ["orders", "t"] {
-        ok(&s, "PUT", &format!("/v1/topics/{t}"), Some(json!({}))).await;
+        s.ok("PUT", &format!("/v1/topics/{t}"), Some(json!({})))
+            .await;
     }
     let fast = json!({"initial": "10ms", "multiplier": 1.0, "max": "10ms", "jitter": 0.0});
     for (sub, extra) in [
@@ -264,17 +240,16 @@ async fn trace_shows_the_causal_tree_of_a_fan_out_and_a_function_chain() {
         ("t/s", json!({})),
     ] {
         let (topic, name) = sub.split_once('/').unwrap();
-        ok(
-            &s,
+        s.ok(
             "PUT",
             &format!("/v1/topics/{topic}/subscriptions/{name}"),
             Some(extra),
         )
         .await;
     }
-    deploy(&s, "noop", sluice_guests::ok()).await;
-    deploy(&s, "ship", sluice_guests::effects()).await;
-    deploy(&s, "bill", sluice_guests::error()).await;
+    s.deploy("noop", sluice_guests::ok(), "").await;
+    s.deploy("ship", sluice_guests::effects(), "").await;
+    s.deploy("bill", sluice_guests::error(), "").await;
     let sub =
         |topic: &str, name: &str| json!({"subscription": {"topic": topic, "subscription": name}});
     for (trigger, function, source) in [
@@ -284,8 +259,7 @@ async fn trace_shows_the_causal_tree_of_a_fan_out_and_a_function_chain() {
         ("t-noop", "noop", sub("t", "s")),
         ("q-noop", "noop", json!({"queue": "q"})),
     ] {
-        ok(
-            &s,
+        s.ok(
             "PUT",
             &format!("/v1/triggers/{trigger}"),
             Some(json!({"function": function, "source": source})),
@@ -414,8 +388,8 @@ async fn trace_shows_the_causal_tree_of_a_fan_out_and_a_function_chain() {
 #[tokio::test]
 async fn a_sagas_steps_are_its_children_in_the_trace() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
-    deploy(&s, "reserve", sluice_guests::ok()).await;
-    deploy(&s, "charge", sluice_guests::error()).await;
+    s.deploy("reserve", sluice_guests::ok(), "").await;
+    s.deploy("charge", sluice_guests::error(), "").await;
     let definition = json!({"steps": [
         {"name": "reserve",
          "action": {"invoke": {"function": "reserve"}},
@@ -424,21 +398,21 @@ async fn a_sagas_steps_are_its_children_in_the_trace() {
          "action": {"invoke": {"function": "charge"}},
          "retry": {"max_attempts": 2, "initial": "10ms"}}
     ]});
-    ok(&s, "PUT", "/v1/sagas/definitions/order", Some(definition)).await;
-    ok(
-        &s,
+    s.ok("PUT", "/v1/sagas/definitions/order", Some(definition))
+        .await;
+    s.ok(
         "POST",
         "/v1/sagas",
         Some(json!({"definition": "order", "id": "o-1", "input": {}})),
     )
     .await;
     wait_for("the saga to compensate", || async {
-        let v = ok(&s, "GET", "/v1/sagas/o-1", None).await;
+        let v = s.ok("GET", "/v1/sagas/o-1", None).await;
         v["status"] == "compensated"
     })
     .await;
     // The saga is the root; each step's command is its child, handled by the function.
-    let tree = ok(&s, "GET", "/v1/lineage/saga-o-1", None).await;
+    let tree = s.ok("GET", "/v1/lineage/saga-o-1", None).await;
     assert_eq!(tree["root"]["id"], "saga-o-1");
     assert_eq!(tree["root"]["type"], "sluice.saga");
     let steps = tree["root"]["caused"].as_array().unwrap();
@@ -497,6 +471,6 @@ async fn a_sagas_steps_are_its_children_in_the_trace() {
     }
     // Asked about one step, the tree is still the saga's.
     let step_id = steps[0]["id"].as_str().unwrap();
-    let again = ok(&s, "GET", &format!("/v1/lineage/{step_id}"), None).await;
+    let again = s.ok("GET", &format!("/v1/lineage/{step_id}"), None).await;
     assert_eq!(again["root"]["id"], "saga-o-1");
 }

@@ -7,15 +7,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice_testkit::TestServer;
 
-async fn ok(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
-    let (status, v) = s.call(method, path, body).await;
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {v}"
-    );
-    v
-}
-
 /// The samples of `/metrics`, by `name{labels}` as written.
 async fn scrape(s: &TestServer) -> HashMap<String, f64> {
     let (status, body) = s.call("GET", "/metrics", None).await;
@@ -36,7 +27,7 @@ fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
 }
 
 async fn receive(s: &TestServer, path: &str, max: usize) -> Vec<String> {
-    let v = ok(s, "POST", path, Some(json!({"max": max}))).await;
+    let v = s.ok("POST", path, Some(json!({"max": max}))).await;
     v["messages"]
         .as_array()
         .unwrap()
@@ -51,9 +42,8 @@ async fn metric_values_equal_the_operations_performed() {
 
     // A queue: 10 sent (one a duplicate id), 6 received, 4 acked, 2 nacked and received
     // again, then nacked past max attempts into the dead-letter queue.
-    ok(&s, "PUT", "/v1/queues/jobs-dlq", Some(json!({}))).await;
-    ok(
-        &s,
+    s.ok("PUT", "/v1/queues/jobs-dlq", Some(json!({}))).await;
+    s.ok(
         "PUT",
         "/v1/queues/jobs",
         Some(json!({"max_attempts": 2, "dead_letter_queue": "jobs-dlq"})),
@@ -62,8 +52,7 @@ async fn metric_values_equal_the_operations_performed() {
     let mut messages: Vec<Value> = (0..10).map(|i| json!({"body": {"n": i}})).collect();
     messages.push(json!({"body": {"n": 0}, "dedup_id": "dup"}));
     messages[0] = json!({"body": {"n": 0}, "dedup_id": "dup"});
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/queues/jobs/messages",
         Some(json!({ "messages": messages })),
@@ -71,15 +60,13 @@ async fn metric_values_equal_the_operations_performed() {
     .await;
     let first = receive(&s, "/v1/queues/jobs/receive", 6).await;
     assert_eq!(first.len(), 6);
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/queues/jobs/ack",
         Some(json!({"receipts": &first[..4]})),
     )
     .await;
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/queues/jobs/nack",
         Some(json!({"receipts": &first[4..], "delay": "0s"})),
@@ -108,13 +95,13 @@ async fn metric_values_equal_the_operations_performed() {
     assert_eq!(state("delayed"), 0.0);
 
     // All six fail: the two second attempts reach max attempts and move to the DLQ.
-    let nack_all = ok(
-        &s,
-        "POST",
-        "/v1/queues/jobs/nack",
-        Some(json!({"receipts": second, "delay": "0s"})),
-    )
-    .await;
+    let nack_all = s
+        .ok(
+            "POST",
+            "/v1/queues/jobs/nack",
+            Some(json!({"receipts": second, "delay": "0s"})),
+        )
+        .await;
     assert!(nack_all["failed"].as_array().is_none_or(|f| f.is_empty()));
     let m = scrape(&s).await;
     let q = |name: &str| get(&m, &format!("sluice_queue_{name}{{queue=\"jobs\"}}"));
@@ -140,10 +127,9 @@ async fn metric_values_equal_the_operations_performed() {
 
     // A topic with two subscriptions: 5 events published, one subscription takes 3 and
     // acks them.
-    ok(&s, "PUT", "/v1/topics/orders", Some(json!({}))).await;
+    s.ok("PUT", "/v1/topics/orders", Some(json!({}))).await;
     for sub in ["audit", "mail"] {
-        ok(
-            &s,
+        s.ok(
             "PUT",
             &format!("/v1/topics/orders/subscriptions/{sub}"),
             Some(json!({})),
@@ -164,8 +150,7 @@ async fn metric_values_equal_the_operations_performed() {
     }
     let got = receive(&s, "/v1/topics/orders/subscriptions/audit/receive", 3).await;
     assert_eq!(got.len(), 3);
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/topics/orders/subscriptions/audit/ack",
         Some(json!({"receipts": got})),
@@ -175,7 +160,7 @@ async fn metric_values_equal_the_operations_performed() {
     let t = |name: &str| get(&m, &format!("sluice_topic_{name}{{topic=\"orders\"}}"));
     assert_eq!(t("published_events_total"), 5.0);
     assert_eq!(t("retained_events"), 5.0);
-    let info = ok(&s, "GET", "/v1/topics/orders", None).await;
+    let info = s.ok("GET", "/v1/topics/orders", None).await;
     assert_eq!(
         t("retained_bytes"),
         info["stats"]["bytes"].as_f64().unwrap()
@@ -222,8 +207,7 @@ async fn metric_values_equal_the_operations_performed() {
         assert_eq!(status, 201, "{v}");
     }
     for _ in 0..3 {
-        ok(
-            &s,
+        s.ok(
             "POST",
             "/v1/functions/hello/invoke",
             Some(json!({"data": 1})),
@@ -231,26 +215,24 @@ async fn metric_values_equal_the_operations_performed() {
         .await;
     }
     for _ in 0..2 {
-        let v = ok(
-            &s,
-            "POST",
-            "/v1/functions/broken/invoke",
-            Some(json!({"data": 1})),
-        )
-        .await;
+        let v = s
+            .ok(
+                "POST",
+                "/v1/functions/broken/invoke",
+                Some(json!({"data": 1})),
+            )
+            .await;
         assert_eq!(v["outcome"], "failed", "{v}");
     }
-    ok(&s, "PUT", "/v1/queues/work", Some(json!({}))).await;
+    s.ok("PUT", "/v1/queues/work", Some(json!({}))).await;
     let work: Vec<Value> = (0..5).map(|i| json!({"body": i})).collect();
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/queues/work/messages",
         Some(json!({ "messages": work })),
     )
     .await;
-    ok(
-        &s,
+    s.ok(
         "PUT",
         "/v1/triggers/work-hello",
         Some(json!({"function": "hello", "source": {"queue": "work"}, "batch_size": 1})),
@@ -303,22 +285,19 @@ async fn metric_values_equal_the_operations_performed() {
             .collect();
         json!({"expected_version": expected, "events": events})
     };
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/streams/order-1/events",
         Some(append(json!("no_stream"), &["a", "b"])),
     )
     .await;
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/streams/order-1/events",
         Some(append(json!(1), &["c"])),
     )
     .await;
-    ok(
-        &s,
+    s.ok(
         "POST",
         "/v1/streams/order-1/events",
         Some(append(json!(1), &["c"])),

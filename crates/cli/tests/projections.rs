@@ -15,16 +15,8 @@ const SKUS: [&str; 4] = ["tea", "mug", "pot", "cup"];
 
 async fn deploy(s: &TestServer, name: &str, source: &str) {
     let bytes = std::fs::read(build_guest("python", source)).unwrap();
-    let (status, v) = s
-        .call_with(
-            "POST",
-            // A short timeout: leases cut off by a crash end soon after it.
-            &format!("/v1/functions/{name}/versions?timeout=2s"),
-            &[("content-type", "application/wasm")],
-            bytes,
-        )
-        .await;
-    assert_eq!(status, 201, "deploy {name}: {v}");
+    // A short timeout: leases cut off by a crash end soon after it.
+    s.deploy(name, bytes, "timeout=2s").await;
 }
 
 /// Appends, retrying the very same append (same ids, same expected version) until it has

@@ -17,15 +17,7 @@ const CYCLES: usize = 10;
 
 async fn deploy(s: &TestServer, name: &str) {
     let wasm = build_guest("python", &format!("examples/sagas/checkout/{name}.py"));
-    let (status, v) = s
-        .call_with(
-            "POST",
-            &format!("/v1/functions/{name}/versions"),
-            &[("content-type", "application/wasm")],
-            std::fs::read(wasm).unwrap(),
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
+    s.deploy(name, std::fs::read(wasm).unwrap(), "").await;
 }
 
 fn declined(n: usize) -> bool {

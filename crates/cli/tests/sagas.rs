@@ -22,7 +22,7 @@ fn checkout() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn definitions_are_versioned_and_bad_ones_name_the_field() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
-    deploy(&s, "inventory", sluice_guests::ok()).await;
+    s.deploy("inventory", sluice_guests::ok(), "").await;
     assert_eq!(s.call("PUT", "/v1/queues/payments", None).await.0, 201);
     assert_eq!(s.call("PUT", "/v1/topics/shipping", None).await.0, 201);
 
@@ -156,7 +156,7 @@ async fn definitions_are_versioned_and_bad_ones_name_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_command_defines_from_stdin() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
-    deploy(&s, "inventory", sluice_guests::ok()).await;
+    s.deploy("inventory", sluice_guests::ok(), "").await;
     let sluice = |args: &[&str], stdin: &str| {
         use std::io::Write;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -227,18 +227,6 @@ async fn the_saga_command_defines_from_stdin() {
     assert!(!ok && out.contains("invalid_saga"), "{out}");
 }
 
-async fn deploy(s: &TestServer, name: &str, wasm: Vec<u8>) {
-    let (status, v) = s
-        .call_with(
-            "POST",
-            &format!("/v1/functions/{name}/versions"),
-            &[("content-type", "application/wasm")],
-            wasm,
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
-}
-
 /// Reserve → charge → ship, where charge invokes `charge_fn`, retried once after `retry`.
 fn order(charge_fn: &str, retry: &str) -> Value {
     json!({"steps": [
@@ -268,9 +256,9 @@ async fn wait_terminal(s: &TestServer, id: &str) -> Value {
 async fn sagas_complete_or_compensate_in_reverse_and_starts_are_idempotent() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
     for f in ["inventory", "release", "ship", "pay"] {
-        deploy(&s, f, sluice_guests::ok()).await;
+        s.deploy(f, sluice_guests::ok(), "").await;
     }
-    deploy(&s, "decline", sluice_guests::error()).await;
+    s.deploy("decline", sluice_guests::error(), "").await;
     for (name, def) in [
         ("order-ok", order("pay", "100ms")),
         ("order-declined", order("decline", "100ms")),
@@ -374,9 +362,9 @@ async fn sagas_complete_or_compensate_in_reverse_and_starts_are_idempotent() {
 async fn a_saga_resumes_after_a_crash_and_a_cancel_compensates() {
     let mut s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
     for f in ["inventory", "release", "ship"] {
-        deploy(&s, f, sluice_guests::ok()).await;
+        s.deploy(f, sluice_guests::ok(), "").await;
     }
-    deploy(&s, "decline", sluice_guests::error()).await;
+    s.deploy("decline", sluice_guests::error(), "").await;
     let (status, _) = s
         .call(
             "PUT",
@@ -433,7 +421,7 @@ async fn publish_reply(s: &TestServer, reply: &Value) {
 async fn send_and_publish_steps_wait_for_correlated_replies() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
     for f in ["inventory", "release"] {
-        deploy(&s, f, sluice_guests::ok()).await;
+        s.deploy(f, sluice_guests::ok(), "").await;
     }
     assert_eq!(s.call("PUT", "/v1/queues/payments", None).await.0, 201);
     assert_eq!(s.call("PUT", "/v1/topics/shipping", None).await.0, 201);

@@ -91,15 +91,6 @@ fn spans(bodies: &[Value]) -> Vec<Span> {
     out
 }
 
-async fn ok(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
-    let (status, v) = s.call(method, path, body).await;
-    assert!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {v}"
-    );
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_publish_through_a_batch_invocation_to_the_next_function() {
     let (url, bodies) = collector().await;
@@ -108,19 +99,21 @@ async fn one_trace_from_publish_through_a_batch_invocation_to_the_next_function(
         &["--otlp-endpoint", &url, "--otlp-protocol", "http/json"],
     );
     for q in ["work", "q"] {
-        ok(&s, "PUT", &format!("/v1/queues/{q}"), Some(json!({}))).await;
+        s.ok("PUT", &format!("/v1/queues/{q}"), Some(json!({})))
+            .await;
     }
     for t in ["orders", "t"] {
-        ok(&s, "PUT", &format!("/v1/topics/{t}"), Some(json!({}))).await;
+        s.ok("PUT", &format!("/v1/topics/{t}"), Some(json!({})))
+            .await;
     }
-    ok(
-        &s,
+    s.ok(
         "PUT",
         "/v1/topics/orders/subscriptions/to-work",
         Some(json!({"target": {"type": "queue", "queue": "work"}})),
     )
     .await;
-    ok(&s, "PUT", "/v1/topics/t/subscriptions/s", Some(json!({}))).await;
+    s.ok("PUT", "/v1/topics/t/subscriptions/s", Some(json!({})))
+        .await;
     for (name, wasm) in [
         ("ship", sluice_guests::effects()),
         ("noop", sluice_guests::ok()),
@@ -135,16 +128,12 @@ async fn one_trace_from_publish_through_a_batch_invocation_to_the_next_function(
             .await;
         assert_eq!(status, 201, "{v}");
     }
-    ok(
-        &s,
-        "PUT",
+    s.ok("PUT",
         "/v1/triggers/work-ship",
         Some(json!({"function": "ship", "source": {"queue": "work"}, "batch_size": 2, "batch_window": "3s"})),
     )
     .await;
-    ok(
-        &s,
-        "PUT",
+    s.ok("PUT",
         "/v1/triggers/t-noop",
         Some(json!({"function": "noop", "source": {"subscription": {"topic": "t", "subscription": "s"}}})),
     )
@@ -174,14 +163,14 @@ async fn one_trace_from_publish_through_a_batch_invocation_to_the_next_function(
     // The chain ends with noop handling what ship published.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let t = ok(&s, "GET", "/v1/triggers/t-noop", None).await;
+        let t = s.ok("GET", "/v1/triggers/t-noop", None).await;
         if t["stats"]["invocations"] == 1 && t["stats"]["in_flight"] == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "the chain did not finish: {t}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ship = ok(&s, "GET", "/v1/triggers/work-ship", None).await;
+    let ship = s.ok("GET", "/v1/triggers/work-ship", None).await;
     assert_eq!(ship["stats"]["invocations"], 1, "one batch of both: {ship}");
     // A graceful stop flushes the last spans.
     assert!(s.terminate(), "the server stops cleanly");

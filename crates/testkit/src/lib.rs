@@ -121,6 +121,27 @@ impl TestServer {
         Self::read(resp).await
     }
 
+    /// Calls the API and asserts a 2xx answer; returns its body.
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    /// Deploys the component `wasm` as a new version of function `name` with the deploy
+    /// query `query` (e.g. `memory=128MiB&env=K%3DV`); asserts it was created.
+    pub async fn deploy(&self, name: &str, wasm: Vec<u8>, query: &str) -> Value {
+        let path = format!("/v1/functions/{name}/versions?{query}");
+        let (status, v) = self
+            .call_with("POST", &path, &[("content-type", "application/wasm")], wasm)
+            .await;
+        assert_eq!(status, 201, "deploy {name}: {v}");
+        v
+    }
+
     /// Sends raw bytes as `application/json`.
     pub async fn call_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
         self.call_with(method, path, &[("content-type", "application/json")], body)

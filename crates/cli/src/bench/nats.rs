@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{
-    BenchArgs, Latencies, W1, W2, W3, W3_SUBSCRIPTIONS, padding, rate, send_paced, w3_event,
+    BenchArgs, W1, W2, W3, W3_SUBSCRIPTIONS, padding, rate, send_paced, w2_schedule, w3_event,
 };
 
 /// A NATS server to measure.
@@ -264,13 +264,8 @@ pub async fn w2(nats: &Nats, args: &BenchArgs, run: usize) -> anyhow::Result<W2>
     let subject = format!("w2.{}.{run}", std::process::id());
     nats.stream(&name, vec![subject.clone()], true).await?;
     nats.consumer(&name, "c", None).await?;
-    let total = (args.rate as u128 * args.duration.as_millis() as u128 / 1_000) as usize;
-    if total == 0 {
-        bail!("--rate and --duration give no messages");
-    }
-    let pad = padding(args.size.saturating_sub(24));
-    let origin = Instant::now() + Duration::from_millis(100);
-    let latencies = Arc::new(Latencies::new(origin, total));
+    let (total, pad, latencies) = w2_schedule(args)?;
+    let origin = latencies.origin;
     let consumers = {
         let (nats, name, consumers) = (Nats::new(&nats.url), name.clone(), args.consumers);
         let latencies = latencies.clone();
