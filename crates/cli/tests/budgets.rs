@@ -56,6 +56,15 @@ async fn paused_by(s: &TestServer, budget: &str) -> Value {
     .await
 }
 
+/// The item of a `/v1/cost` answer for `kind` `name`.
+fn cost_item(cost: &Value, kind: &str, name: &str) -> Option<Value> {
+    cost["items"]
+        .as_array()?
+        .iter()
+        .find(|i| i["kind"] == kind && i["name"] == name)
+        .cloned()
+}
+
 #[tokio::test]
 async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
@@ -147,25 +156,12 @@ async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing()
     // the queue's operations are counted on the next metering tick.
     let cost = until("queue usage to be metered", || async {
         let c = s.ok("GET", "/v1/cost?since=1h", None).await;
-        let item = |kind: &str, name: &str| {
-            c["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|i| i["kind"] == kind && i["name"] == name)
-                .cloned()
-        };
-        let q = item("queue", "jobs")?;
+        let q = cost_item(&c, "queue", "jobs")?;
         // 700 sends, 700 receives, 700 acks.
         (q["usage"]["requests"] == 2100).then_some(c)
     })
     .await;
-    let f = cost["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["kind"] == "function" && i["name"] == "noop")
-        .unwrap();
+    let f = &cost_item(&cost, "function", "noop").unwrap();
     assert_eq!(f["usage"]["invocations"], 700);
     let gbs = f["usage"]["gb_seconds"].as_f64().unwrap();
     assert!(gbs > 0.0, "{f}");
@@ -176,12 +172,7 @@ async fn a_budget_pauses_its_trigger_after_exactly_its_limit_and_loses_nothing()
     );
     assert_eq!(cost["estimate"], true);
     // The queue held 400 messages of about 11 bytes across a metering tick while paused.
-    let q = cost["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["kind"] == "queue" && i["name"] == "jobs")
-        .unwrap();
+    let q = &cost_item(&cost, "queue", "jobs").unwrap();
     let held = q["usage"]["byte_seconds"].as_f64().unwrap();
     assert!(held >= 400.0 * 8.0 * 0.5, "{q}");
     assert!(q["cost_usd"]["storage"].as_f64().unwrap() > 0.0, "{q}");

@@ -224,6 +224,28 @@ pub(crate) struct Entries {
 }
 
 impl Entries {
+    fn new() -> Self {
+        Self {
+            puts: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.bytes += (k.len() + v.len()) as u64;
+        self.puts.push((k, v));
+    }
+
+    /// Adds the retention record `t_key`, naming every key put so far.
+    fn retained(mut self, t_key: Vec<u8>) -> Self {
+        let written = Written {
+            keys: self.puts.iter().map(|(k, _)| k.clone()).collect(),
+            bytes: self.bytes,
+        };
+        self.puts.push((t_key, written.encode()));
+        self
+    }
+
     /// Bytes these writes add to lineage, for the size cap.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
@@ -295,14 +317,7 @@ impl Lineage {
         if !self.config.enabled {
             return None;
         }
-        let mut puts = Vec::with_capacity(3 + 2 * inputs.len() + inv.outputs.len());
-        let mut keys = Vec::with_capacity(puts.capacity());
-        let mut bytes = 0u64;
-        let mut put = |k: Vec<u8>, v: Vec<u8>| {
-            bytes += (k.len() + v.len()) as u64;
-            keys.push(k.clone());
-            puts.push((k, v));
-        };
+        let mut e = Entries::new();
         let started = inv.started_ms.to_be_bytes();
         let edge = [started.as_slice(), inv.id.as_bytes()].concat();
         for event in inputs {
@@ -321,7 +336,7 @@ impl Lineage {
                 Vec::new()
             };
             for id in &ids {
-                put(key(b'h', &[id.as_bytes(), &edge]), info.clone());
+                e.put(key(b'h', &[id.as_bytes(), &edge]), info.clone());
             }
             // A root that is not its chain's root (it names another correlation id) still
             // needs a record to find the tree from.
@@ -333,7 +348,7 @@ impl Lineage {
                     producer: None,
                     time_ms: None,
                 };
-                put(
+                e.put(
                     key(b'e', &[own.as_bytes()]),
                     serde_json::to_vec(&record).expect("serializes"),
                 );
@@ -342,7 +357,7 @@ impl Lineage {
             if let Some(producer) = producer
                 && event.get("type").and_then(Value::as_str) == Some("sluice.queue.message")
             {
-                put(
+                e.put(
                     key(b'o', &[producer.as_bytes(), own.as_bytes()]),
                     Vec::new(),
                 );
@@ -353,7 +368,7 @@ impl Lineage {
                     producer: Some(producer.clone()),
                     time_ms: text(event, "time").and_then(|t| sluice_types::parse_rfc3339_ms(&t)),
                 };
-                put(
+                e.put(
                     key(b'e', &[own.as_bytes()]),
                     serde_json::to_vec(&record).expect("serializes"),
                 );
@@ -371,22 +386,21 @@ impl Lineage {
                 producer: Some(inv.id.clone()),
                 time_ms: Some(inv.started_ms + inv.duration_us / 1000),
             };
-            put(
+            e.put(
                 key(b'e', &[out.id.as_bytes()]),
                 serde_json::to_vec(&record).expect("serializes"),
             );
         }
-        put(
+        e.put(
             key(b'i', &[inv.id.as_bytes()]),
             serde_json::to_vec(inv).expect("serializes"),
         );
-        let written = Written { keys, bytes };
-        puts.push((key(b't', &[&edge]), written.encode()));
-        Some(Entries { puts, bytes })
+        Some(e.retained(key(b't', &[&edge])))
     }
 
-    /// Writes an invocation's lineage in a batch of its own (an invocation that committed
-    /// nothing), without waiting for it to be durable.
+    /// Writes lineage entries in a batch of their own (those of an invocation that
+    /// committed nothing, a dead-letter move, a saga step), without waiting for them to be
+    /// durable.
     pub(crate) fn write(&self, entries: Entries) -> Result<()> {
         let mut batch = self.store.batch();
         let bytes = entries.bytes;
@@ -408,27 +422,18 @@ impl Lineage {
         if !self.config.enabled {
             return Ok(());
         }
-        let mut batch = self.store.batch();
         let value = serde_json::to_vec(d).expect("serializes");
-        let mut keys = Vec::new();
-        let mut bytes = 0;
+        let mut e = Entries::new();
         let ids = ids_of(event);
         for id in &ids {
-            let k = key(b'x', &[id.as_bytes()]);
-            bytes += (k.len() + value.len()) as u64;
-            batch.put(&self.ks, k.clone(), value.clone());
-            keys.push(k);
+            e.put(key(b'x', &[id.as_bytes()]), value.clone());
         }
         let first = ids.first().map_or(&[][..], |id| id.as_bytes());
         let t_key = key(
             b't',
             &[&[d.at_ms.to_be_bytes().as_slice(), b"x", first].concat()],
         );
-        let written = Written { keys, bytes };
-        batch.put(&self.ks, t_key, written.encode());
-        self.store.write(batch)?;
-        *self.bytes.lock().unwrap() += written.bytes;
-        Ok(())
+        self.write(e.retained(t_key))
     }
 
     /// Removes records older than the retention, then the oldest until under the size
@@ -607,14 +612,7 @@ impl Lineage {
         if !self.config.enabled {
             return Ok(());
         }
-        let mut batch = self.store.batch();
-        let mut keys = Vec::new();
-        let mut bytes = 0u64;
-        let mut put = |k: Vec<u8>, v: Vec<u8>| {
-            bytes += (k.len() + v.len()) as u64;
-            batch.put(&self.ks, k.clone(), v);
-            keys.push(k);
-        };
+        let mut e = Entries::new();
         let root = EventRecord {
             correlation_id: saga.to_owned(),
             ty: Some("sluice.saga".into()),
@@ -622,7 +620,7 @@ impl Lineage {
             producer: None,
             time_ms: None,
         };
-        put(
+        e.put(
             key(b'e', &[saga.as_bytes()]),
             serde_json::to_vec(&root).expect("serializes"),
         );
@@ -633,20 +631,16 @@ impl Lineage {
             producer: None,
             time_ms: Some(at_ms),
         };
-        put(
+        e.put(
             key(b'e', &[event.as_bytes()]),
             serde_json::to_vec(&step).expect("serializes"),
         );
-        put(key(b'c', &[saga.as_bytes(), event.as_bytes()]), Vec::new());
+        e.put(key(b'c', &[saga.as_bytes(), event.as_bytes()]), Vec::new());
         let t_key = key(
             b't',
             &[&[at_ms.to_be_bytes().as_slice(), b"s", event.as_bytes()].concat()],
         );
-        let written = Written { keys, bytes };
-        batch.put(&self.ks, t_key, written.encode());
-        self.store.write(batch)?;
-        *self.bytes.lock().unwrap() += written.bytes;
-        Ok(())
+        self.write(e.retained(t_key))
     }
 }
 

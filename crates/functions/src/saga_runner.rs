@@ -774,9 +774,9 @@ impl Sagas {
         self.inner
             .functions
             .note_saga_step(&root, call.key, ty, Some(target));
+        e.insert("type".into(), ty.into());
         match action {
             Action::Invoke { function, .. } => {
-                e.insert("type".into(), "sluice.saga.action".into());
                 let r = self
                     .inner
                     .functions
@@ -792,7 +792,6 @@ impl Sagas {
                 }
             }
             Action::Send { queue, .. } => {
-                e.insert("type".into(), "sluice.saga.command".into());
                 e.insert("replyto".into(), REPLIES_TOPIC.into());
                 // The message carries the saga's context like a function's sends do.
                 let mut attributes = Map::new();
@@ -825,7 +824,6 @@ impl Sagas {
                 }
             }
             Action::Publish { topic, .. } => {
-                e.insert("type".into(), "sluice.saga.command".into());
                 e.insert("replyto".into(), REPLIES_TOPIC.into());
                 let outcome = self
                     .inner
