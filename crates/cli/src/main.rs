@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod cost;
 mod function;
+mod manifest;
 mod otlp;
 mod projection;
 mod queue;
