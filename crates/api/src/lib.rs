@@ -13,6 +13,7 @@ mod metrics;
 mod projections;
 mod queues;
 mod sagas;
+pub mod site;
 mod stream;
 mod topics;
 
@@ -48,6 +49,9 @@ pub struct Options {
     pub long_polls_max: usize,
     /// Bearer token required on every `/v1` call, if set.
     pub auth_token: Option<String>,
+    /// A directory of static pages served under `/app/` (no token needed: pages are
+    /// public; the API calls they make are not).
+    pub site_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -56,6 +60,7 @@ impl Default for Options {
             body_size_max: 16 << 20,
             long_polls_max: 1_024,
             auth_token: None,
+            site_dir: None,
         }
     }
 }
@@ -298,6 +303,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(site::PREFIX, get(site::serve))
+        .route("/app/", get(site::serve))
+        .route("/app/{*path}", get(site::serve))
         .route(
             "/metrics",
             get(metrics::metrics)
@@ -452,6 +460,7 @@ mod tests {
         for route in [
             "/healthz",
             "/readyz",
+            "/app/{path}",
             "/v1/openapi.json",
             "/v1/queues",
             "/v1/queues/{name}",

@@ -64,6 +64,37 @@ impl Client {
         self.send(req).await
     }
 
+    /// GETs a resource; `None` when the server answers 404 (it does not exist).
+    pub async fn get_optional(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let status = resp.status();
+        let text = resp.text().await.context("reading the response")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            bail!(
+                "{}: {} (HTTP {})",
+                value["code"].as_str().unwrap_or("error"),
+                value["detail"].as_str().unwrap_or(""),
+                status.as_u16()
+            );
+        }
+        Ok(Some(value))
+    }
+
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot reach the Sluice server at {}; is `sluice serve` running?",
+            self.base
+        )
+    }
+
     /// Posts raw bytes with a content type.
     pub async fn post_bytes(
         &self,
@@ -95,12 +126,7 @@ impl Client {
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }
-        let resp = req.send().await.with_context(|| {
-            format!(
-                "cannot reach the Sluice server at {}; is `sluice serve` running?",
-                self.base
-            )
-        })?;
+        let resp = req.send().await.with_context(|| self.unreachable())?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let value: Value = resp.json().await.unwrap_or(Value::Null);
@@ -122,12 +148,7 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let resp = req.send().await.with_context(|| {
-            format!(
-                "cannot reach the Sluice server at {}; is `sluice serve` running?",
-                self.base
-            )
-        })?;
+        let resp = req.send().await.with_context(|| self.unreachable())?;
         let status = resp.status();
         let text = resp.text().await.context("reading the response")?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -141,4 +162,18 @@ impl Client {
         }
         Ok(value)
     }
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Client, ClientArgs, Output};
+use crate::client::{Client, ClientArgs, Output, encode};
 use crate::queue::print_or;
 
 #[derive(clap::Args)]
@@ -81,19 +81,6 @@ enum FnCommand {
         #[arg(long)]
         version: Option<u32>,
     },
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 fn print_function(v: &Value) {
@@ -314,7 +301,7 @@ pub async fn run(args: FnArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_record(json_out: bool, r: &Value) {
+pub(crate) fn print_record(json_out: bool, r: &Value) {
     if json_out {
         println!("{r}");
         return;

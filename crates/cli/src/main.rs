@@ -1,6 +1,7 @@
 //! The `sluice` binary: `sluice serve` runs the server; every other command is a client of
 //! a running server's HTTP API.
 
+mod apply;
 mod bench;
 mod client;
 mod cost;
@@ -14,6 +15,7 @@ mod stream;
 mod topic;
 mod trace;
 mod trigger;
+mod up;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +66,13 @@ enum Command {
     /// The causal tree of an event's chain: which functions handled it, what they
     /// produced, attempts, dead-letter moves.
     Trace(Box<trace::TraceArgs>),
+    /// Create or update everything an app manifest (sluice.toml) describes on a running
+    /// server, and print what changed.
+    Apply(Box<apply::ApplyArgs>),
+    /// Start a local server, build and apply the app manifest (sluice.toml), serve its
+    /// pages and follow its functions' logs; changes to the manifest or to a function's
+    /// sources are built and applied as they happen.
+    Up(Box<up::UpArgs>),
     /// Run the standard workloads (W1 throughput, W2 latency) against a running server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -141,6 +150,9 @@ struct ServeArgs {
     /// ones keep their defaults, which follow public serverless list prices).
     #[arg(long, env = "SLUICE_PRICES")]
     prices: Option<PathBuf>,
+    /// Serve the static pages of this directory under /app/.
+    #[arg(long, env = "SLUICE_SITE")]
+    site: Option<PathBuf>,
     /// Export trace spans over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -169,6 +181,8 @@ fn main() -> anyhow::Result<()> {
         Command::Trace(args) => runtime.block_on(trace::run(*args)),
         Command::Cost(args) => runtime.block_on(cost::run_cost(*args)),
         Command::Budget(args) => runtime.block_on(cost::run_budget(*args)),
+        Command::Apply(args) => runtime.block_on(apply::run(*args)),
+        Command::Up(args) => runtime.block_on(up::run(*args)),
         Command::Bench(args) => runtime.block_on(bench::run(*args)),
     }
 }
@@ -209,13 +223,47 @@ fn init_logging(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let spans = init_server_logging(&args)?;
+    let config = server_config(args)?;
+    let durability = config.durability;
+    let data_dir = config.data_dir.clone();
+    let server = sluice_server::Server::bind(config).await?;
+    let addr = server.local_addr();
+    tracing::info!(%addr, data_dir = %data_dir.display(), ?durability, "sluice is serving");
+    // A line for scripts and tests that start the server on port 0.
+    println!("listening on http://{addr}");
+    server.run(shutdown_signal()).await?;
+    flush_spans(spans).await
+}
+
+/// Logging as `serve`'s flags ask; returns the span exporter to flush at exit.
+fn init_server_logging(
+    args: &ServeArgs,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
     let otlp = args
         .otlp_endpoint
         .as_deref()
         .filter(|e| !e.is_empty())
         .map(|e| (e, args.otlp_protocol == "http/json"));
-    let spans = init_logging(args.log_format, otlp)?;
-    let config = sluice_server::Config {
+    init_logging(args.log_format, otlp)
+}
+
+/// Sends the last trace spans before the process exits.
+async fn flush_spans(
+    spans: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+) -> anyhow::Result<()> {
+    if let Some(provider) = spans {
+        // Blocks while the last spans go out.
+        tokio::task::spawn_blocking(move || provider.shutdown())
+            .await?
+            .context("flushing trace spans")?;
+    }
+    Ok(())
+}
+
+/// The server's configuration from `serve`'s flags.
+fn server_config(args: ServeArgs) -> anyhow::Result<sluice_server::Config> {
+    Ok(sluice_server::Config {
         data_dir: args.data_dir,
         listen: args.listen,
         durability: match args.durability {
@@ -228,6 +276,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_size_max: args.max_body_size,
             long_polls_max: args.max_long_polls,
             auth_token: None,
+            site_dir: args.site,
         },
         runtime: sluice_server::RuntimeConfig {
             max_instances: args.max_instances.clamp(1, 10_000),
@@ -255,22 +304,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bytes_max: args.lineage_max_size.0,
         },
         ..sluice_server::Config::default()
-    };
-    let durability = config.durability;
-    let data_dir = config.data_dir.clone();
-    let server = sluice_server::Server::bind(config).await?;
-    let addr = server.local_addr();
-    tracing::info!(%addr, data_dir = %data_dir.display(), ?durability, "sluice is serving");
-    // A line for scripts and tests that start the server on port 0.
-    println!("listening on http://{addr}");
-    server.run(shutdown_signal()).await?;
-    if let Some(provider) = spans {
-        // Blocks while the last spans go out.
-        tokio::task::spawn_blocking(move || provider.shutdown())
-            .await?
-            .context("flushing trace spans")?;
-    }
-    Ok(())
+    })
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
