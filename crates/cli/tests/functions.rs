@@ -892,3 +892,25 @@ async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
         "counts start again with the process: {t}"
     );
 }
+
+/// Deploying a component that is already compiled reuses its code (a copy of it), so the
+/// second function outlives the first one's deletion and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_deployed_twice_keeps_working_after_the_first_is_deleted() {
+    let mut s = server();
+    let a = s.deploy("a", sluice_guests::ok(), "").await;
+    let b = s.deploy("b", sluice_guests::ok(), "memory=64MiB").await;
+    assert_eq!(a["sha256"], b["sha256"]);
+    assert_eq!(b["memory"], "64MiB");
+    let r = s
+        .ok("POST", "/v1/functions/b/invoke", Some(json!({"data": {}})))
+        .await;
+    assert_eq!(r["outcome"], "success", "{r}");
+    let (status, _) = s.call("DELETE", "/v1/functions/a", None).await;
+    assert_eq!(status, 204);
+    s.crash_and_restart();
+    let r = s
+        .ok("POST", "/v1/functions/b/invoke", Some(json!({"data": {}})))
+        .await;
+    assert_eq!(r["outcome"], "success", "{r}");
+}

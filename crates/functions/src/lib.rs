@@ -311,6 +311,25 @@ impl Functions {
         self.inner.dir.join(name).join(format!("{version}.cwasm"))
     }
 
+    /// The compiled code of a stored version whose component has this digest, if there
+    /// is one: deploying the same component again (under another name, or with other
+    /// settings) then costs a file copy instead of a compile.
+    fn compiled(&self, sha256: &str) -> Option<Vec<u8>> {
+        let names: Vec<String> = self
+            .inner
+            .functions
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.iter().find_map(|name| {
+            let versions = self.versions(name).ok()?;
+            let v = versions.iter().find(|v| v.sha256 == sha256)?;
+            std::fs::read(self.artifact_path(name, v.version)).ok()
+        })
+    }
+
     /// Deletes artifact files and folders that no stored version refers to.
     fn remove_orphans(&self) -> Result<()> {
         for entry in std::fs::read_dir(&self.inner.dir)? {
@@ -397,12 +416,16 @@ impl Functions {
         }
         let sha256 = format!("{:x}", Sha256::digest(&wasm));
         let size = wasm.len() as u64;
-        let artifact = {
-            let _compiling = self.inner.compiles.acquire().await.expect("never closed");
-            let runtime = self.inner.runtime.clone();
-            tokio::task::spawn_blocking(move || runtime.compile(&wasm))
-                .await
-                .map_err(|e| Error::Runtime(e.to_string()))??
+        let artifact = match self.compiled(&sha256) {
+            // The same component was compiled before, by this engine: reuse its code.
+            Some(artifact) => artifact,
+            None => {
+                let _compiling = self.inner.compiles.acquire().await.expect("never closed");
+                let runtime = self.inner.runtime.clone();
+                tokio::task::spawn_blocking(move || runtime.compile(&wasm))
+                    .await
+                    .map_err(|e| Error::Runtime(e.to_string()))??
+            }
         };
         let _registry = self.inner.registry_lock.lock().await;
         let now = self.inner.clock.now_ms();
