@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use sluice_types::Name;
 
 use crate::client::{Client, ClientArgs, Output, encode};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, EventSelector, Manifest};
 
 #[derive(clap::Args)]
 pub struct ApplyArgs {
@@ -41,6 +41,7 @@ pub enum Kind {
     Queue,
     Topic,
     Subscription,
+    EventSubscription,
     Function,
     Saga,
     Trigger,
@@ -53,6 +54,7 @@ impl Kind {
             Kind::Queue => "queue",
             Kind::Topic => "topic",
             Kind::Subscription => "subscription",
+            Kind::EventSubscription => "event subscription",
             Kind::Function => "function",
             Kind::Saga => "saga",
             Kind::Trigger => "trigger",
@@ -71,11 +73,37 @@ pub struct Desired {
     pub span: Range<usize>,
     /// The resource's API path.
     pub path: String,
-    /// The configuration as the API takes and shows it. For a function: its component's
-    /// sha256 and its version settings.
+    /// The configuration as the API shows it. For a function: its component's sha256 and
+    /// its version settings.
     pub config: Value,
+    /// Where and what to PUT, when it is not `config` at `path` (an event subscription is
+    /// written at its stream selector's route and read as a subscription of `$all`).
+    pub put: Option<(String, Value)>,
     /// A function's component.
     pub wasm: Option<Vec<u8>>,
+}
+
+impl Desired {
+    fn new(kind: Kind, name: impl ToString, entry: String, span: Range<usize>) -> Desired {
+        Desired {
+            kind,
+            name: name.to_string(),
+            entry,
+            span,
+            path: String::new(),
+            config: Value::Null,
+            put: None,
+            wasm: None,
+        }
+    }
+
+    /// Read at `path`, compared with `config`, and written there as `config` too unless
+    /// `put` says otherwise.
+    fn at(mut self, path: String, config: Value) -> Desired {
+        self.path = path;
+        self.config = config;
+        self
+    }
 }
 
 /// One field whose value changes.
@@ -102,7 +130,7 @@ pub enum Action {
 fn creation_only(kind: Kind, field: &str) -> bool {
     matches!(
         (kind, field),
-        (Kind::Subscription, "start") | (Kind::Trigger, "paused")
+        (Kind::Subscription | Kind::EventSubscription, "start") | (Kind::Trigger, "paused")
     )
 }
 
@@ -187,56 +215,72 @@ const TO_BE_BUILT: &str = "(to be built)";
 /// Every resource of the manifest, in the order to apply them. Reads each function's
 /// component from disk, except for the functions in `unbuilt` (a dry run did not build
 /// them).
-pub fn desired(m: &Manifest, unbuilt: &[String]) -> anyhow::Result<Vec<Desired>> {
+pub fn desired(m: &Manifest, unbuilt: &[PathBuf]) -> anyhow::Result<Vec<Desired>> {
     let mut out = Vec::new();
-    let mut push = |kind, name: String, entry: String, span, path, config| {
-        out.push(Desired {
-            kind,
-            name,
-            entry,
-            span,
-            path,
-            config,
-            wasm: None,
-        })
-    };
     for name in queue_order(m) {
         let q = &m.queues[name];
-        push(
-            Kind::Queue,
-            name.to_string(),
-            format!("queues.{name}"),
-            q.span(),
-            format!("/v1/queues/{name}"),
-            json_of(q.get_ref()),
+        out.push(
+            Desired::new(Kind::Queue, name, format!("queues.{name}"), q.span())
+                .at(format!("/v1/queues/{name}"), json_of(q.get_ref())),
         );
     }
     for (name, t) in &m.topics {
-        push(
-            Kind::Topic,
-            name.to_string(),
-            format!("topics.{name}"),
-            t.span(),
-            format!("/v1/topics/{name}"),
-            json_of(t.get_ref()),
+        out.push(
+            Desired::new(Kind::Topic, name, format!("topics.{name}"), t.span())
+                .at(format!("/v1/topics/{name}"), json_of(t.get_ref())),
         );
     }
     for (topic, subs) in &m.subscriptions {
         for (name, s) in subs {
-            push(
-                Kind::Subscription,
-                format!("{topic}/{name}"),
-                format!("subscriptions.{topic}.{name}"),
-                s.span(),
-                format!("/v1/topics/{topic}/subscriptions/{name}"),
-                json_of(s.get_ref()),
+            out.push(
+                Desired::new(
+                    Kind::Subscription,
+                    format!("{topic}/{name}"),
+                    format!("subscriptions.{topic}.{name}"),
+                    s.span(),
+                )
+                .at(
+                    format!("/v1/topics/{topic}/subscriptions/{name}"),
+                    json_of(s.get_ref()),
+                ),
             );
         }
+    }
+    for (name, e) in &m.event_subscriptions {
+        let sub = e.get_ref();
+        let route = match &sub.selector {
+            EventSelector::Category(c) => format!("/v1/categories/{}", encode(c)),
+            EventSelector::Stream(st) => format!("/v1/streams/{}", encode(st)),
+        };
+        // The server adds the selector to the filter, and shows it so.
+        let mut config = json_of(&sub.config);
+        if !config["filter"].is_object() {
+            config["filter"] = json!({});
+        }
+        config["filter"][sluice_broker::STREAM_ATTRIBUTE] = sub.selector.broker().condition();
+        let mut d = Desired::new(
+            Kind::EventSubscription,
+            name,
+            format!("event_subscriptions.{name}"),
+            e.span(),
+        )
+        .at(
+            format!(
+                "/v1/topics/{}/subscriptions/{name}",
+                encode(sluice_broker::ALL)
+            ),
+            config,
+        );
+        d.put = Some((
+            format!("{route}/subscriptions/{name}"),
+            Value::Object(sub.settings.clone()),
+        ));
+        out.push(d);
     }
     for (name, f) in &m.functions {
         let entry = format!("functions.{name}");
         let path = m.dir().join(&f.get_ref().wasm);
-        let wasm = if unbuilt.contains(&name.to_string()) {
+        let wasm = if unbuilt.contains(&path) {
             None
         } else {
             Some(std::fs::read(&path).map_err(|e| {
@@ -259,55 +303,34 @@ pub fn desired(m: &Manifest, unbuilt: &[String]) -> anyhow::Result<Vec<Desired>>
             "concurrency": settings.concurrency,
             "env": settings.env,
         });
-        out.push(Desired {
-            kind: Kind::Function,
-            name: name.to_string(),
-            entry,
-            span: f.span(),
-            path: format!("/v1/functions/{name}"),
-            config,
-            wasm,
-        });
+        let mut d = Desired::new(Kind::Function, name, entry, f.span())
+            .at(format!("/v1/functions/{name}"), config);
+        d.wasm = wasm;
+        out.push(d);
     }
-    let mut push = |kind, name: &Name, entry: String, span, path: String, config| {
-        out.push(Desired {
-            kind,
-            name: name.to_string(),
-            entry,
-            span,
-            path,
-            config,
-            wasm: None,
-        })
-    };
     for (name, s) in &m.sagas {
-        push(
-            Kind::Saga,
-            name,
-            format!("sagas.{name}"),
-            s.span(),
-            format!("/v1/sagas/definitions/{name}"),
-            json_of(s.get_ref()),
+        out.push(
+            Desired::new(Kind::Saga, name, format!("sagas.{name}"), s.span()).at(
+                format!("/v1/sagas/definitions/{name}"),
+                json_of(s.get_ref()),
+            ),
         );
     }
     for (name, t) in &m.triggers {
-        push(
-            Kind::Trigger,
-            name,
-            format!("triggers.{name}"),
-            t.span(),
-            format!("/v1/triggers/{name}"),
-            json_of(t.get_ref()),
+        out.push(
+            Desired::new(Kind::Trigger, name, format!("triggers.{name}"), t.span())
+                .at(format!("/v1/triggers/{name}"), json_of(t.get_ref())),
         );
     }
     for (name, p) in &m.projections {
-        push(
-            Kind::Projection,
-            name,
-            format!("projections.{name}"),
-            p.span(),
-            format!("/v1/projections/{name}"),
-            json_of(p.get_ref()),
+        out.push(
+            Desired::new(
+                Kind::Projection,
+                name,
+                format!("projections.{name}"),
+                p.span(),
+            )
+            .at(format!("/v1/projections/{name}"), json_of(p.get_ref())),
         );
     }
     Ok(out)
@@ -393,17 +416,21 @@ fn newest_since(
 
 /// Builds every function whose component is missing or older than its sources, running
 /// its build command in the manifest's directory; the command's output goes to stderr.
-/// Returns the functions built (with `dry_run`, that would be, and nothing is run).
-pub fn build_stale(m: &Manifest, dry_run: bool) -> anyhow::Result<Vec<String>> {
+/// Returns the components built (with `dry_run`, that would be, and nothing is run).
+/// Functions sharing a component build it once: after the first build it is current.
+pub fn build_stale(m: &Manifest, dry_run: bool) -> anyhow::Result<Vec<PathBuf>> {
     let mut built = Vec::new();
     for (name, f) in &m.functions {
         let f = f.get_ref();
         let (Some(reason), Some(build)) = (build_reason(m.dir(), f)?, &f.build) else {
             continue;
         };
+        if built.contains(&m.dir().join(&f.wasm)) {
+            continue;
+        }
         if dry_run {
             eprintln!("would build function {name}: {reason}");
-            built.push(name.to_string());
+            built.push(m.dir().join(&f.wasm));
             continue;
         }
         eprintln!(
@@ -433,7 +460,7 @@ pub fn build_stale(m: &Manifest, dry_run: bool) -> anyhow::Result<Vec<String>> {
                 f.wasm.display()
             );
         }
-        built.push(name.to_string());
+        built.push(m.dir().join(&f.wasm));
     }
     Ok(built)
 }
@@ -495,6 +522,8 @@ async fn write(client: &Client, d: &Desired) -> anyhow::Result<()> {
         client
             .post_bytes(&path, "application/wasm", wasm.clone())
             .await?;
+    } else if let Some((path, body)) = &d.put {
+        client.call(Method::PUT, path, Some(body.clone())).await?;
     } else {
         client
             .call(Method::PUT, &d.path, Some(d.config.clone()))

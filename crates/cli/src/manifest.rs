@@ -34,6 +34,7 @@ pub struct Manifest {
     pub topics: BTreeMap<Name, Spanned<TopicConfig>>,
     /// Topic → subscription name → configuration.
     pub subscriptions: BTreeMap<Name, BTreeMap<Name, Spanned<SubscriptionConfig>>>,
+    pub event_subscriptions: BTreeMap<Name, Spanned<EventSubscription>>,
     pub functions: BTreeMap<Name, Spanned<Function>>,
     pub sagas: BTreeMap<Name, Spanned<SagaDefinition>>,
     pub triggers: BTreeMap<Name, Spanned<TriggerConfig>>,
@@ -102,6 +103,67 @@ pub struct Build {
     pub sources: Vec<PathBuf>,
 }
 
+/// An `[event_subscriptions.NAME]` table: a persistent subscription of the event store
+/// that selects a `category` or one `stream`, with a topic subscription's other settings.
+#[derive(Debug, Clone)]
+pub struct EventSubscription {
+    pub selector: EventSelector,
+    /// The settings as written; the server fills in the rest (and starts at the
+    /// beginning of `$all` unless `start` says otherwise).
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// The settings with every default filled in.
+    pub config: SubscriptionConfig,
+}
+
+/// Which streams an event-store subscription delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSelector {
+    Category(String),
+    Stream(String),
+}
+
+impl EventSelector {
+    /// As the broker selects it.
+    pub fn broker(&self) -> sluice_broker::StreamSelector<'_> {
+        match self {
+            EventSelector::Category(c) => sluice_broker::StreamSelector::Category(c),
+            EventSelector::Stream(s) => sluice_broker::StreamSelector::Stream(s),
+        }
+    }
+}
+
+/// Reads an event subscription's table: exactly one of `category` and `stream`, and
+/// the settings of a topic subscription.
+fn event_subscription(mut table: toml::Table) -> Result<EventSubscription, String> {
+    let mut take = |key: &str| match table.remove(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!(
+            "{key}: expected a string, found {}",
+            other.type_str()
+        )),
+    };
+    let selector = match (take("category")?, take("stream")?) {
+        (Some(c), None) => EventSelector::Category(c),
+        (None, Some(s)) => EventSelector::Stream(s),
+        _ => return Err("name exactly one of `category` and `stream`".to_owned()),
+    };
+    selector.broker().validate().map_err(|e| e.to_string())?;
+    let settings = match serde_json::to_value(&table).map_err(|e| e.to_string())? {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("a table serializes as an object"),
+    };
+    let config: SubscriptionConfig =
+        serde_json::from_value(serde_json::Value::Object(settings.clone()))
+            .map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(EventSubscription {
+        selector,
+        settings,
+        config,
+    })
+}
+
 /// The file as written: the typed model before the checks that span entries.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +176,8 @@ struct Raw {
     topics: BTreeMap<Name, Spanned<TopicConfig>>,
     #[serde(default)]
     subscriptions: BTreeMap<Name, BTreeMap<Name, Spanned<SubscriptionConfig>>>,
+    #[serde(default)]
+    event_subscriptions: BTreeMap<Name, Spanned<toml::Table>>,
     #[serde(default)]
     functions: BTreeMap<Name, Spanned<Function>>,
     #[serde(default)]
@@ -187,6 +251,17 @@ impl Manifest {
             entry: e.span().and_then(|s| field_at(&text, s.start)),
             message: e.message().trim_end().to_owned(),
         })?;
+        let mut event_subscriptions = BTreeMap::new();
+        for (name, table) in raw.event_subscriptions {
+            let span = table.span();
+            let sub = event_subscription(table.into_inner()).map_err(|message| ManifestError {
+                path: path.to_owned(),
+                at: Some(location(&text, span.start)),
+                entry: Some(format!("event_subscriptions.{name}")),
+                message,
+            })?;
+            event_subscriptions.insert(name, Spanned::new(span, sub));
+        }
         let m = Manifest {
             path: path.to_owned(),
             text,
@@ -194,6 +269,7 @@ impl Manifest {
             queues: raw.queues,
             topics: raw.topics,
             subscriptions: raw.subscriptions,
+            event_subscriptions,
             functions: raw.functions,
             sagas: raw.sagas,
             triggers: raw.triggers,
@@ -382,6 +458,11 @@ max_concurrency = 4
 function = "revenue"
 source = { category = "order" }
 
+[event_subscriptions.order-feed]
+category = "order"
+max_attempts = 5
+dead_letter_queue = "orders-dlq"
+
 [[sagas.checkout.steps]]
 name = "reserve"
 action = { invoke = { function = "reserve" } }
@@ -420,6 +501,14 @@ action = { invoke = { function = "reserve" } }
             10
         );
         assert_eq!(m.projections.len(), 1);
+        let feed = m
+            .event_subscriptions
+            .get(&n("order-feed"))
+            .unwrap()
+            .get_ref();
+        assert_eq!(feed.selector, EventSelector::Category("order".into()));
+        assert_eq!(feed.config.max_attempts, Some(5));
+        assert_eq!(feed.settings.len(), 2, "{:?}", feed.settings);
         assert_eq!(
             m.sagas.get(&n("checkout")).unwrap().get_ref().steps.len(),
             1
@@ -477,6 +566,24 @@ action = { invoke = { function = "reserve" } }
                 "[[sagas.s.steps]]\nname = \"a\"\naction = { invoke = { function = \"f\" } }\nretry = { max_attempts = 0 }\n",
                 1,
                 "sagas.s: steps[0].retry",
+            ),
+            (
+                "event subscription without a selector",
+                "\n[event_subscriptions.e]\nmax_attempts = 5\n",
+                2,
+                "event_subscriptions.e: name exactly one of `category` and `stream`",
+            ),
+            (
+                "event subscription with a bad setting",
+                "[event_subscriptions.e]\ncategory = \"order\"\nmax_atempts = 5\n",
+                1,
+                "event_subscriptions.e: unknown field `max_atempts`",
+            ),
+            (
+                "event subscription with a bad category",
+                "[event_subscriptions.e]\ncategory = \"or-der\"\n",
+                1,
+                "event_subscriptions.e: ",
             ),
             (
                 "trigger source",

@@ -72,6 +72,11 @@ filter = { data = { total = [{ numeric = [">", 100] }] } }
 target = { type = "queue", queue = "big-orders" }
 start = "earliest"
 
+[event_subscriptions.order-feed]
+category = "order"
+max_attempts = 4
+dead_letter_queue = "orders-dlq"
+
 [functions.handler]
 wasm = "build/handler.wasm"
 memory = "64MiB"
@@ -120,6 +125,7 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
             ("topic customers", "create"),
             ("topic placed", "create"),
             ("subscription placed/big", "create"),
+            ("event_subscription order-feed", "create"),
             ("function handler", "create"),
             ("saga checkout", "create"),
             ("trigger handle-orders", "create"),
@@ -134,7 +140,7 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
     // Applied: built, then created as described.
     let (v, stderr) = apply(&s, d, &[]);
     assert!(stderr.contains("building function handler"), "{stderr}");
-    assert_eq!(v["created"], 9, "{v}");
+    assert_eq!(v["created"], 10, "{v}");
     let q = s.ok("GET", "/v1/queues/orders", None).await;
     assert_eq!(q["max_attempts"], 3);
     assert_eq!(q["dead_letter_queue"], "orders-dlq");
@@ -154,6 +160,11 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
     assert_eq!(tr["config"]["batch_size"], 10);
     assert_eq!(tr["config"]["max_concurrency"], 2);
     s.ok("GET", "/v1/sagas/definitions/checkout", None).await;
+    let feed = s
+        .ok("GET", "/v1/topics/$all/subscriptions/order-feed", None)
+        .await;
+    assert_eq!(feed["max_attempts"], 4);
+    assert_eq!(feed["start"], "earliest", "the event store's default start");
 
     // The subscription works as applied: only the big order reaches its queue.
     let placed = |id: &str, total: u32| {
@@ -188,7 +199,7 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
         (json!(0), json!(0)),
         "{v}"
     );
-    assert_eq!(v["unchanged"], 9);
+    assert_eq!(v["unchanged"], 10);
     assert!(!stderr.contains("building"), "{stderr}");
     let f = s.ok("GET", "/v1/functions/handler", None).await;
     assert_eq!(f["versions"].as_array().unwrap().len(), 1);
@@ -213,7 +224,7 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
     assert_eq!(q["retention"], "2d", "a dry run changes nothing");
     let (v, _) = apply(&s, d, &[]);
     assert_eq!(v["updated"], 3, "{v}");
-    assert_eq!(v["unchanged"], 6, "{v}");
+    assert_eq!(v["unchanged"], 7, "{v}");
     let changes = v["changes"].as_array().unwrap();
     let change = |name: &str| changes.iter().find(|c| c["name"] == name).unwrap();
     assert_eq!(change("orders")["fields"][0]["field"], "retention");
@@ -250,7 +261,7 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("unchanged  queue orders"), "{text}");
     assert!(
-        text.contains("dry run: 0 to create, 0 to update, 9 unchanged"),
+        text.contains("dry run: 0 to create, 0 to update, 10 unchanged"),
         "{text}"
     );
 }
