@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use sluice_testkit::TestServer;
+use sluice_testkit::{Lines, TestServer};
 
 fn sluice(s: &TestServer, dir: &Path, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -327,65 +327,6 @@ async fn bad_manifests_are_refused_at_their_line_with_nothing_applied() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("other.toml: cannot read it"), "{stderr}");
-}
-
-/// Lines a child process prints, on either stream, as they come. The two streams are
-/// read apart, so lines of one may arrive before earlier lines of the other: a wait takes
-/// the first line not yet taken that matches, whenever it arrived.
-struct Lines {
-    rx: std::sync::mpsc::Receiver<String>,
-    /// Every line so far, and whether a wait took it.
-    seen: Vec<(String, bool)>,
-}
-
-impl Lines {
-    fn of(child: &mut std::process::Child) -> Lines {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        for stream in [
-            Box::new(out) as Box<dyn std::io::Read + Send>,
-            Box::new(err) as Box<dyn std::io::Read + Send>,
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Lines {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `text` that no earlier wait took; takes and returns it.
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some((line, taken)) = self
-                .seen
-                .iter_mut()
-                .find(|(l, taken)| !*taken && l.contains(text))
-            {
-                *taken = true;
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => self.seen.push((line, false)),
-                Err(_) => {
-                    let all: Vec<&str> = self.seen.iter().map(|(l, _)| l.as_str()).collect();
-                    panic!("no line with {text:?}; saw:\n{}", all.join("\n"))
-                }
-            }
-        }
-    }
 }
 
 /// Replaces the manifest in one step, as an editor that saves by renaming does.

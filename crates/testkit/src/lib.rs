@@ -3,8 +3,10 @@
 //! data, as a crash would.
 
 mod guests;
+mod lines;
 
 pub use guests::{build_guest, workspace};
+pub use lines::Lines;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
