@@ -187,17 +187,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Logs to stderr (human or JSON, filtered by `SLUICE_LOG`), and spans to an OTLP
-/// collector when one is given. Returns the span exporter, to flush at exit.
+/// Logs to stderr (human or JSON, filtered by `SLUICE_LOG`, else `default_level`), and
+/// spans to an OTLP collector when one is given. Returns the span exporter, to flush at
+/// exit.
 fn init_logging(
     format: LogFormat,
     otlp: Option<(&str, bool)>,
+    default_level: &str,
 ) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     // Trace spans are for the span exporter; logs show them only if asked by name.
-    let directives = std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let directives = std::env::var("SLUICE_LOG").unwrap_or_else(|_| default_level.into());
     let directives = if directives.contains(sluice_server::TRACE_TARGET) {
         directives
     } else {
@@ -223,7 +225,7 @@ fn init_logging(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let spans = init_server_logging(&args)?;
+    let spans = init_server_logging(&args, "info")?;
     let config = server_config(args)?;
     let durability = config.durability;
     let data_dir = config.data_dir.clone();
@@ -237,15 +239,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Logging as `serve`'s flags ask; returns the span exporter to flush at exit.
+/// `default_level` applies when `SLUICE_LOG` is not set.
 fn init_server_logging(
     args: &ServeArgs,
+    default_level: &str,
 ) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
     let otlp = args
         .otlp_endpoint
         .as_deref()
         .filter(|e| !e.is_empty())
         .map(|e| (e, args.otlp_protocol == "http/json"));
-    init_logging(args.log_format, otlp)
+    init_logging(args.log_format, otlp, default_level)
 }
 
 /// Sends the last trace spans before the process exits.

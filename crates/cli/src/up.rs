@@ -119,7 +119,9 @@ impl Follow {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut m = Manifest::load(&args.file)?;
-    let spans = crate::init_server_logging(&args.serve)?;
+    // What `up` prints is the app's: the server speaks up only for warnings unless
+    // SLUICE_LOG asks for more.
+    let spans = crate::init_server_logging(&args.serve, "warn")?;
     let token = args.serve.auth_token.clone();
     let mut config = crate::server_config(args.serve)?;
     if config.api.site_dir.is_none() {

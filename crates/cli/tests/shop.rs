@@ -110,7 +110,7 @@ fn customer(id: &str, name: &str, tier: &str, version: u32) -> Value {
 fn order(i: usize) -> (String, &'static str, Vec<(&'static str, u32)>, f64) {
     let customer = CUSTOMERS[i % CUSTOMERS.len()].0;
     let mut items = vec![(PRICES[i % 4].0, 1 + (i % 3) as u32)];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         items.push((PRICES[(i + 1) % 4].0, 1));
     }
     if i == ORDERS - 1 {
