@@ -543,7 +543,8 @@ fn show(v: &Value) -> String {
     }
 }
 
-/// Prints what was applied, one line per resource, then the counts.
+/// Prints what was created or updated, one line per resource, then the counts (the JSON
+/// output lists every resource).
 pub fn print(applied: &[Applied], dry_run: bool, output: Output) {
     let count = |f: fn(&Action) -> bool| applied.iter().filter(|a| f(&a.action)).count();
     let created = count(|a| matches!(a, Action::Create));
@@ -561,7 +562,9 @@ pub fn print(applied: &[Applied], dry_run: bool, output: Output) {
         let what = format!("{} {}", a.kind.label(), a.name);
         match &a.action {
             Action::Create => println!("  create     {what}"),
-            Action::Unchanged => println!("  unchanged  {what}"),
+            // Counted below: a manifest re-applied on every save would otherwise bury
+            // its one change under every resource it did not touch.
+            Action::Unchanged => {}
             Action::Update { fields } => {
                 let verb = if a.kind == Kind::Function {
                     "deploy"

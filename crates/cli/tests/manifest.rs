@@ -256,12 +256,21 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
     let f = s.ok("GET", "/v1/functions/handler", None).await;
     assert_eq!(f["versions"].as_array().unwrap().len(), 3);
 
-    // The human output names each change.
+    // The human output names each change, and counts the rest.
+    std::fs::write(
+        d.join("sluice.toml"),
+        edited.replace("retention = \"1d\"", "retention = \"3d\""),
+    )
+    .unwrap();
     let out = sluice(&s, d, &["apply", "--dry-run"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("unchanged  queue orders"), "{text}");
     assert!(
-        text.contains("dry run: 0 to create, 0 to update, 10 unchanged"),
+        text.contains("  update     queue orders: retention \"1d\" → \"3d\""),
+        "{text}"
+    );
+    assert!(!text.contains("topic placed"), "{text}");
+    assert!(
+        text.contains("dry run: 0 to create, 1 to update, 9 unchanged"),
         "{text}"
     );
 }
