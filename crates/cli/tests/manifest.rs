@@ -427,14 +427,11 @@ async fn up_serves_applies_follows_logs_and_reapplies_changes() {
     save(d, &UP_MANIFEST.replace("batch_size = 1", "batch_size = 5"));
     lines.wait_for("sluice.toml changed: applying");
     lines.wait_for("0 created, 1 updated, 2 unchanged");
-    let t: Value = http
-        .get(format!("{url}/v1/triggers/run-jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |path: &str| {
+        let req = http.get(format!("{url}{path}"));
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let t = get("/v1/triggers/run-jobs").await;
     assert_eq!(t["config"]["batch_size"], 5);
     save(d, "[queues.jobs]\nbogus = 1\n");
     let refused = lines.wait_for("keeping the manifest applied last");
@@ -453,14 +450,7 @@ async fn up_serves_applies_follows_logs_and_reapplies_changes() {
     );
     lines.wait_for("building function handler (src/handler.wasm changed)");
     lines.wait_for("0 created, 1 updated, 2 unchanged");
-    let f: Value = http
-        .get(format!("{url}/v1/functions/handler"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let f = get("/v1/functions/handler").await;
     assert_eq!(f["aliases"]["live"], 2, "{f}");
 
     // Ctrl-C (SIGTERM here) stops it cleanly.

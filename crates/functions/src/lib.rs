@@ -311,19 +311,17 @@ impl Functions {
         self.inner.dir.join(name).join(format!("{version}.cwasm"))
     }
 
+    /// The names of every function.
+    fn names(&self) -> Vec<String> {
+        let functions = self.inner.functions.lock().unwrap();
+        functions.keys().cloned().collect()
+    }
+
     /// The compiled code of a stored version whose component has this digest, if there
     /// is one: deploying the same component again (under another name, or with other
     /// settings) then costs a file copy instead of a compile.
     fn compiled(&self, sha256: &str) -> Option<Vec<u8>> {
-        let names: Vec<String> = self
-            .inner
-            .functions
-            .lock()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        names.iter().find_map(|name| {
+        self.names().iter().find_map(|name| {
             let versions = self.versions(name).ok()?;
             let v = versions.iter().find(|v| v.sha256 == sha256)?;
             std::fs::read(self.artifact_path(name, v.version)).ok()
@@ -483,14 +481,7 @@ impl Functions {
 
     /// Every function, by name.
     pub fn list(&self) -> Result<Vec<FunctionInfo>> {
-        let mut names: Vec<String> = self
-            .inner
-            .functions
-            .lock()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let mut names = self.names();
         names.sort();
         names.iter().map(|n| self.get(n)).collect()
     }

@@ -2,11 +2,12 @@
 step's compensation, releases it. Input: ``{"op": "reserve"|"release", "order",
 "items": [{"sku", "qty"}]}``.
 
-Each call carries an idempotency key (saga, step and attempt): a key seen before does
-nothing again. Stock is kept per SKU, starting at 1,000. Each change of an order's
+A call whose idempotency key was seen before does nothing again (``once.py``). Stock is
+kept per SKU, starting at 1,000. Each change of an order's
 state is announced on the ``orders`` topic.
 """
 
+from once import first_time
 from sluice import kv, publish
 
 STOCK = 1000
@@ -14,10 +15,8 @@ STOCK = 1000
 
 def handle(events):
     for e in events:
-        key = "k:" + e.extensions["idempotencykey"]
-        if kv.exists(key):
+        if not first_time(e):
             continue
-        kv.set(key, "1")
         d = e.data
         order = d["order"]
         if d["op"] == "reserve":
