@@ -434,6 +434,7 @@ name = "shop"
 max_attempts = 5
 dead_letter_queue = "orders-dlq"
 lease_timeout = "1m"
+fifo = true
 
 [topics.customers]
 compaction = { key = "subject" }
@@ -473,6 +474,7 @@ action = { invoke = { function = "reserve" } }
         let orders = m.queues.get(&n("orders")).unwrap().get_ref();
         assert_eq!(orders.max_attempts, Some(5));
         assert_eq!(orders.lease_timeout, HumanDuration::from_secs(60));
+        assert!(orders.fifo);
         assert_eq!(
             orders.retention,
             QueueConfig::default().retention,
