@@ -437,9 +437,16 @@ pub fn build_stale(m: &Manifest, dry_run: bool) -> anyhow::Result<Vec<PathBuf>> 
             "building function {name} ({reason}): {}",
             build.command.join(" ")
         );
+        // A program named by a relative path is the manifest's, like the paths it reads:
+        // resolved from the manifest's directory (made absolute, since the command runs
+        // there too). A bare name is looked up on PATH.
+        let dir = m
+            .dir()
+            .canonicalize()
+            .with_context(|| format!("the manifest's directory {}", m.dir().display()))?;
         let program = Path::new(&build.command[0]);
         let program = if program.components().count() > 1 && program.is_relative() {
-            m.dir().join(program)
+            dir.join(program)
         } else {
             program.to_owned()
         };
@@ -447,7 +454,7 @@ pub fn build_stale(m: &Manifest, dry_run: bool) -> anyhow::Result<Vec<PathBuf>> 
         let out = std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned()?;
         let status = std::process::Command::new(&program)
             .args(&build.command[1..])
-            .current_dir(m.dir())
+            .current_dir(&dir)
             .stdout(out)
             .status()
             .with_context(|| format!("function {name}: running {}", program.display()))?;

@@ -81,7 +81,7 @@ dead_letter_queue = "orders-dlq"
 wasm = "build/handler.wasm"
 memory = "64MiB"
 env = { GREETING = "hello world" }
-build = { command = ["cp", "src/handler.wasm", "build/handler.wasm"], sources = ["src"] }
+build = { command = ["tools/build.sh", "src/handler.wasm"], sources = ["src"] }
 
 [[sagas.checkout.steps]]
 name = "reserve"
@@ -107,11 +107,18 @@ fn set_mtime(path: &Path, t: SystemTime) {
 async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("src")).unwrap();
-    std::fs::create_dir_all(d.join("build")).unwrap();
+    let d = &dir.path().join("app");
+    for sub in ["src", "build", "tools"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
     std::fs::write(d.join("src/handler.wasm"), sluice_guests::ok()).unwrap();
     std::fs::write(d.join("sluice.toml"), MANIFEST).unwrap();
+    // A build script the manifest names by a path relative to itself.
+    let script = d.join("tools/build.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec cp \"$1\" build/handler.wasm\n").unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
 
     // The plan: everything is created, in dependency order; nothing is built or written.
     let (plan, stderr) = apply(&s, d, &["--dry-run"]);
@@ -137,8 +144,9 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
     let (status, _) = s.call("GET", "/v1/queues/orders", None).await;
     assert_eq!(status, 404, "a dry run changes nothing");
 
-    // Applied: built, then created as described.
-    let (v, stderr) = apply(&s, d, &[]);
+    // Applied from another directory: built (the build runs in the manifest's directory),
+    // then created as described.
+    let (v, stderr) = apply(&s, dir.path(), &["-f", "app/sluice.toml"]);
     assert!(stderr.contains("building function handler"), "{stderr}");
     assert_eq!(v["created"], 10, "{v}");
     let q = s.ok("GET", "/v1/queues/orders", None).await;
