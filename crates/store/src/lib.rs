@@ -127,7 +127,18 @@ impl Store {
         let db = Database::builder(path)
             .cache_size(options.cache_size_bytes)
             .manual_journal_persist(true)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => Error::Engine(
+                    format!(
+                        "the data directory {} is in use by another process (another Sluice \
+                         server?); stop it or give another --data-dir",
+                        path.display()
+                    )
+                    .into(),
+                ),
+                e => e.into(),
+            })?;
         let background_interval = match options.durability {
             Durability::Strict => None,
             Durability::Relaxed => Some(std::time::Duration::from_millis(

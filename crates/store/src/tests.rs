@@ -104,3 +104,15 @@ fn range_scans_respect_bounds_limit_and_direction() {
     assert_eq!(rev.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [9, 8]);
     assert_eq!(ks.keys(&[1, 5], &[2], 100).unwrap().len(), 5);
 }
+
+#[test]
+fn a_data_directory_in_use_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path(), Options::default()).unwrap();
+    let e = Store::open(dir.path(), Options::default())
+        .err()
+        .expect("locked");
+    let shown = e.to_string();
+    assert!(shown.contains("is in use by another process"), "{shown}");
+    assert!(shown.contains(&dir.path().display().to_string()), "{shown}");
+}
