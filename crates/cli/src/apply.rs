@@ -485,6 +485,8 @@ pub struct Applied {
 /// Applies the manifest to the server. Stops at the first resource the server refuses,
 /// with the manifest entry and line in the error; what was applied before stays.
 pub async fn apply(client: &Client, m: &Manifest, dry_run: bool) -> anyhow::Result<Vec<Applied>> {
+    // An unreachable server is said once, before any build, not as the first entry's error.
+    client.call(Method::GET, "/healthz", None).await?;
     // Builds take seconds: off the async workers, which `sluice up`'s server shares.
     let built = tokio::task::block_in_place(|| build_stale(m, dry_run))?;
     let unbuilt = if dry_run { built } else { Vec::new() };
