@@ -7,11 +7,13 @@
 //! edges around it. Resources the server has and the manifest does not name are never
 //! touched: apply adds and updates, it does not delete.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -80,7 +82,7 @@ pub struct Desired {
     /// written at its stream selector's route and read as a subscription of `$all`).
     pub put: Option<(String, Value)>,
     /// A function's component.
-    pub wasm: Option<Vec<u8>>,
+    pub wasm: Option<Bytes>,
 }
 
 impl Desired {
@@ -277,23 +279,31 @@ pub fn desired(m: &Manifest, unbuilt: &[PathBuf]) -> anyhow::Result<Vec<Desired>
         ));
         out.push(d);
     }
+    // Functions often share a component (the shop's nine share one): read and hash each
+    // file once.
+    let mut components: HashMap<PathBuf, (Bytes, String)> = HashMap::new();
     for (name, f) in &m.functions {
         let entry = format!("functions.{name}");
         let path = m.dir().join(&f.get_ref().wasm);
-        let wasm = if unbuilt.contains(&path) {
+        let component = if unbuilt.contains(&path) {
             None
+        } else if let Some(c) = components.get(&path) {
+            Some(c.clone())
         } else {
-            Some(std::fs::read(&path).map_err(|e| {
+            let bytes = Bytes::from(std::fs::read(&path).map_err(|e| {
                 m.error_at(
                     &entry,
                     f.span(),
                     format!("wasm: cannot read {}: {e}", path.display()),
                 )
-            })?)
+            })?);
+            let c = (bytes.clone(), format!("{:x}", Sha256::digest(&bytes)));
+            components.insert(path, c.clone());
+            Some(c)
         };
-        let sha256 = match &wasm {
-            Some(w) => format!("{:x}", Sha256::digest(w)),
-            None => TO_BE_BUILT.to_owned(),
+        let (wasm, sha256) = match component {
+            Some((bytes, sha256)) => (Some(bytes), sha256),
+            None => (None, TO_BE_BUILT.to_owned()),
         };
         let settings = f.get_ref().settings();
         let config = json!({
@@ -357,6 +367,16 @@ pub fn build_reason(dir: &Path, f: &manifest::Function) -> anyhow::Result<Option
     Ok(None)
 }
 
+/// The functions that build a component, one per component: the first by name of those
+/// that share it.
+pub fn builds(m: &Manifest) -> impl Iterator<Item = (&Name, &manifest::Function)> {
+    let mut components = std::collections::HashSet::new();
+    m.functions
+        .iter()
+        .map(|(name, f)| (name, f.get_ref()))
+        .filter(move |(_, f)| f.build.is_some() && components.insert(&f.wasm))
+}
+
 /// The newest modification time among every function's build sources: when it moves,
 /// something was edited.
 pub fn sources_stamp(m: &Manifest) -> Option<SystemTime> {
@@ -376,9 +396,8 @@ pub fn sources_stamp(m: &Manifest) -> Option<SystemTime> {
         latest
     }
     let mut files = 0;
-    m.functions
-        .values()
-        .filter_map(|f| f.get_ref().build.as_ref())
+    builds(m)
+        .filter_map(|(_, f)| f.build.as_ref())
         .flat_map(|b| b.sources.iter())
         .filter_map(|s| newest(&m.dir().join(s), &mut files))
         .max()
@@ -417,17 +436,13 @@ fn newest_since(
 /// Builds every function whose component is missing or older than its sources, running
 /// its build command in the manifest's directory; the command's output goes to stderr.
 /// Returns the components built (with `dry_run`, that would be, and nothing is run).
-/// Functions sharing a component build it once: after the first build it is current.
+/// Functions sharing a component build it once (see [`builds`]).
 pub fn build_stale(m: &Manifest, dry_run: bool) -> anyhow::Result<Vec<PathBuf>> {
     let mut built = Vec::new();
-    for (name, f) in &m.functions {
-        let f = f.get_ref();
+    for (name, f) in builds(m) {
         let (Some(reason), Some(build)) = (build_reason(m.dir(), f)?, &f.build) else {
             continue;
         };
-        if built.contains(&m.dir().join(&f.wasm)) {
-            continue;
-        }
         if dry_run {
             eprintln!("would build function {name}: {reason}");
             built.push(m.dir().join(&f.wasm));

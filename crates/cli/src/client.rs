@@ -29,6 +29,9 @@ pub enum Output {
     Json,
 }
 
+/// How long an upload (a deploy) may take to be answered.
+pub const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -95,16 +98,19 @@ impl Client {
         )
     }
 
-    /// Posts raw bytes with a content type.
+    /// Posts raw bytes with a content type. Waits up to [`UPLOAD_TIMEOUT`] for the answer:
+    /// a deploy answers once its component is compiled, which for a Python or JavaScript
+    /// component takes seconds, and far longer on a busy small machine.
     pub async fn post_bytes(
         &self,
         path: &str,
         content_type: &str,
-        body: Vec<u8>,
+        body: impl Into<reqwest::Body>,
     ) -> anyhow::Result<Value> {
         let req = self
             .request(reqwest::Method::POST, path)
             .header(reqwest::header::CONTENT_TYPE, content_type)
+            .timeout(UPLOAD_TIMEOUT)
             .body(body);
         self.send(req).await
     }

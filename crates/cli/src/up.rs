@@ -60,12 +60,7 @@ async fn apply_and_print(client: &Client, m: &Manifest) -> bool {
 
 /// Whether any function must be rebuilt (an error reading its sources counts as no).
 fn sources_changed(m: &Manifest) -> bool {
-    m.functions.values().any(|f| {
-        apply::build_reason(m.dir(), f.get_ref())
-            .ok()
-            .flatten()
-            .is_some()
-    })
+    apply::builds(m).any(|(_, f)| apply::build_reason(m.dir(), f).ok().flatten().is_some())
 }
 
 /// The next log record of each followed function.

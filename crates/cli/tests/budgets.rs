@@ -227,12 +227,7 @@ async fn the_cost_and_budget_commands() {
         )
         .await;
     assert_eq!(status, 201);
-    s.ok(
-        "POST",
-        "/v1/functions/noop/invoke",
-        Some(json!({"data": 1})),
-    )
-    .await;
+    s.invoke("noop", json!(1)).await;
     let sluice = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(args)

@@ -320,13 +320,7 @@ async fn a_c_function_counts_600_events_by_type_exactly_once() {
     );
     assert_eq!(v["effects"]["published"][0]["type"], "x.counted", "{v}");
     deploy(&s, "count-nowhere", &wasm, "env=OUT_TOPIC%3Dmissing").await;
-    let v = s
-        .ok(
-            "POST",
-            "/v1/functions/count-nowhere/invoke",
-            Some(json!({"data": 1})),
-        )
-        .await;
+    let v = s.invoke("count-nowhere", json!(1)).await;
     assert_eq!(v["outcome"], "failed", "{v}");
     assert!(v["error"].as_str().unwrap().contains("missing"), "{v}");
 }
@@ -433,13 +427,7 @@ async fn limits_fail_the_invocation_and_the_server_keeps_serving() {
     deploy(&s, "escape", &escape, "").await;
 
     let started = Instant::now();
-    let v = s
-        .ok(
-            "POST",
-            "/v1/functions/spin/invoke",
-            Some(json!({"data": 1})),
-        )
-        .await;
+    let v = s.invoke("spin", json!(1)).await;
     assert_eq!(v["outcome"], "failed", "{v}");
     assert!(
         v["error"]
@@ -450,9 +438,7 @@ async fn limits_fail_the_invocation_and_the_server_keeps_serving() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    let v = s
-        .ok("POST", "/v1/functions/hog/invoke", Some(json!({"data": 1})))
-        .await;
+    let v = s.invoke("hog", json!(1)).await;
     assert_eq!(v["outcome"], "failed", "{v}");
     assert!(
         v["error"]
@@ -462,13 +448,7 @@ async fn limits_fail_the_invocation_and_the_server_keeps_serving() {
         "{v}"
     );
 
-    let v = s
-        .ok(
-            "POST",
-            "/v1/functions/escape/invoke",
-            Some(json!({"data": 1})),
-        )
-        .await;
+    let v = s.invoke("escape", json!(1)).await;
     assert_eq!(
         v["outcome"], "success",
         "neither a file nor a socket opened: {v}"
@@ -507,13 +487,7 @@ async fn limits_fail_the_invocation_and_the_server_keeps_serving() {
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let other = s
-        .ok(
-            "POST",
-            "/v1/functions/escape/invoke",
-            Some(json!({"data": 1})),
-        )
-        .await;
+    let other = s.invoke("escape", json!(1)).await;
     assert_eq!(other["outcome"], "success", "{other}");
     assert!(
         !spinning.is_finished(),
@@ -902,15 +876,11 @@ async fn a_component_deployed_twice_keeps_working_after_the_first_is_deleted() {
     let b = s.deploy("b", sluice_guests::ok(), "memory=64MiB").await;
     assert_eq!(a["sha256"], b["sha256"]);
     assert_eq!(b["memory"], "64MiB");
-    let r = s
-        .ok("POST", "/v1/functions/b/invoke", Some(json!({"data": {}})))
-        .await;
+    let r = s.invoke("b", json!({})).await;
     assert_eq!(r["outcome"], "success", "{r}");
     let (status, _) = s.call("DELETE", "/v1/functions/a", None).await;
     assert_eq!(status, 204);
     s.crash_and_restart();
-    let r = s
-        .ok("POST", "/v1/functions/b/invoke", Some(json!({"data": {}})))
-        .await;
+    let r = s.invoke("b", json!({})).await;
     assert_eq!(r["outcome"], "success", "{r}");
 }

@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use sluice_testkit::{Lines, TestServer};
+use sluice_testkit::{Api, KillOnDrop, Lines, TestServer};
 
 fn sluice(s: &TestServer, dir: &Path, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -346,6 +346,19 @@ async fn bad_manifests_are_refused_at_their_line_with_nothing_applied() {
     assert!(stderr.contains("other.toml: cannot read it"), "{stderr}");
 }
 
+/// Sends `GET path` as written, without the normalisation an HTTP client does; returns
+/// the whole answer.
+async fn raw_get(url: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 /// Replaces the manifest in one step, as an editor that saves by renaming does.
 fn save(dir: &Path, text: &str) {
     std::fs::write(dir.join("sluice.toml.new"), text).unwrap();
@@ -379,14 +392,16 @@ async fn up_serves_applies_follows_logs_and_reapplies_changes() {
     std::fs::write(d.join("src/handler.wasm"), sluice_guests::ok()).unwrap();
     std::fs::write(d.join("web/index.html"), "<h1>orders</h1>").unwrap();
     std::fs::write(d.join("sluice.toml"), UP_MANIFEST).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir", "data"])
-        .current_dir(d)
-        .env("SLUICE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir", "data"])
+            .current_dir(d)
+            .env("SLUICE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = Lines::of(&mut child);
     let url = lines
         .wait_for("listening on ")
@@ -398,10 +413,10 @@ async fn up_serves_applies_follows_logs_and_reapplies_changes() {
     lines.wait_for("building function handler");
     lines.wait_for("3 created, 0 updated, 0 unchanged");
     lines.wait_for("following the logs of 1 functions");
-    let http = reqwest::Client::new();
+    let api = Api::new(&url);
 
-    // The app's page, and nothing outside it.
-    let page = http.get(format!("{url}/app/")).send().await.unwrap();
+    // The app's page (not JSON: read as it is), and nothing outside it.
+    let page = api.http().get(format!("{url}/app/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(
         page.headers()["content-type"]
@@ -410,23 +425,23 @@ async fn up_serves_applies_follows_logs_and_reapplies_changes() {
             .starts_with("text/html")
     );
     assert_eq!(page.text().await.unwrap(), "<h1>orders</h1>");
-    for missing in [
-        "/app/nothing.html",
-        "/app/%2e%2e/sluice.toml",
-        "/app/.hidden",
-    ] {
-        let r = http.get(format!("{url}{missing}")).send().await.unwrap();
-        assert_eq!(r.status(), 404, "{missing}");
+    for missing in ["/app/nothing.html", "/app/.hidden"] {
+        let (status, _) = api.call("GET", missing, None).await;
+        assert_eq!(status, 404, "{missing}");
     }
+    // HTTP clients resolve `..` before sending; a hostile one does not. The manifest sits
+    // one directory above the site.
+    let raw = raw_get(&url, "/app/../sluice.toml").await;
+    assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
+    assert!(!raw.contains("[app]"), "{raw}");
 
     // A job runs the function; its invocation shows in the followed log.
-    let r = http
-        .post(format!("{url}/v1/queues/jobs/messages"))
-        .json(&json!({"messages": [{"body": {"job": 1}}]}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    api.ok(
+        "POST",
+        "/v1/queues/jobs/messages",
+        Some(json!({"messages": [{"body": {"job": 1}}]})),
+    )
+    .await;
     let logged = lines.wait_for("handler | ");
     assert!(logged.contains("trigger run-jobs"), "{logged}");
 
@@ -435,11 +450,7 @@ async fn up_serves_applies_follows_logs_and_reapplies_changes() {
     save(d, &UP_MANIFEST.replace("batch_size = 1", "batch_size = 5"));
     lines.wait_for("sluice.toml changed: applying");
     lines.wait_for("0 created, 1 updated, 2 unchanged");
-    let get = |path: &str| {
-        let req = http.get(format!("{url}{path}"));
-        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
-    };
-    let t = get("/v1/triggers/run-jobs").await;
+    let t = api.ok("GET", "/v1/triggers/run-jobs", None).await;
     assert_eq!(t["config"]["batch_size"], 5);
     save(d, "[queues.jobs]\nbogus = 1\n");
     let refused = lines.wait_for("keeping the manifest applied last");
@@ -458,7 +469,7 @@ async fn up_serves_applies_follows_logs_and_reapplies_changes() {
     );
     lines.wait_for("building function handler (src/handler.wasm changed)");
     lines.wait_for("0 created, 1 updated, 2 unchanged");
-    let f = get("/v1/functions/handler").await;
+    let f = api.ok("GET", "/v1/functions/handler", None).await;
     assert_eq!(f["aliases"]["live"], 2, "{f}");
 
     // Ctrl-C (SIGTERM here) stops it cleanly.

@@ -207,21 +207,10 @@ async fn metric_values_equal_the_operations_performed() {
         assert_eq!(status, 201, "{v}");
     }
     for _ in 0..3 {
-        s.ok(
-            "POST",
-            "/v1/functions/hello/invoke",
-            Some(json!({"data": 1})),
-        )
-        .await;
+        s.invoke("hello", json!(1)).await;
     }
     for _ in 0..2 {
-        let v = s
-            .ok(
-                "POST",
-                "/v1/functions/broken/invoke",
-                Some(json!({"data": 1})),
-            )
-            .await;
+        let v = s.invoke("broken", json!(1)).await;
         assert_eq!(v["outcome"], "failed", "{v}");
     }
     s.ok("PUT", "/v1/queues/work", Some(json!({}))).await;

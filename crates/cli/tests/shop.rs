@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_testkit::{Lines, workspace};
+use sluice_testkit::{Api, KillOnDrop, Lines, workspace};
 
 const CUSTOMERS: [(&str, &str, &str); 3] = [
     ("c-1", "Ada", "gold"),
@@ -23,43 +23,28 @@ const PRICES: [(&str, f64); 4] = [("tea", 6.5), ("mug", 12.0), ("pot", 30.0), ("
 const ORDERS: usize = 12;
 const BURST: usize = 10_000;
 
-struct Shop {
-    url: String,
-    http: reqwest::Client,
+/// The shop's server, with the storefront's own calls beside the API client's.
+struct Shop(Api);
+
+impl std::ops::Deref for Shop {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.0
+    }
 }
 
 impl Shop {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.url));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, body).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {v}"
-        );
-        v
-    }
-
     async fn publish(&self, topic: &str, events: Vec<Value>) {
-        let resp = self
-            .http
-            .post(format!("{}/v1/topics/{topic}/events", self.url))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(serde_json::to_vec(&events).unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        let (status, v) = self
+            .call_with(
+                "POST",
+                &format!("/v1/topics/{topic}/events"),
+                &[("content-type", "application/cloudevents-batch+json")],
+                serde_json::to_vec(&events).unwrap(),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
     }
 
     async fn append(&self, stream: &str, expected: Value, event: Value) -> (u16, Value) {
@@ -157,18 +142,20 @@ async fn place(shop: &Shop, i: usize) {
 }
 
 /// Starts `sluice up` on the shop's manifest; returns the process, its lines and the shop.
-fn up(data: &std::path::Path) -> (Child, Lines, Shop) {
+fn up(data: &std::path::Path) -> (KillOnDrop, Lines, Shop) {
     let manifest = workspace().join("examples/shop/sluice.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("-f")
-        .arg(&manifest)
-        .env("SLUICE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .arg("-f")
+            .arg(&manifest)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = Lines::of(&mut child);
     let url = lines
         .wait_for_within("listening on ", Duration::from_secs(60))
@@ -178,14 +165,11 @@ fn up(data: &std::path::Path) -> (Child, Lines, Shop) {
         .trim()
         .to_owned();
     // The first build of the Python component installs its tools if needed.
-    let applied = lines.wait_for_within(" created, ", Duration::from_secs(900));
+    let applied =
+        lines.wait_for_unless(" created, ", Some("apply failed"), Duration::from_secs(900));
     assert!(applied.contains(" 0 unchanged"), "{applied}");
     lines.wait_for("following the logs of 9 functions");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    (child, lines, Shop { url, http })
+    (child, lines, Shop(Api::new(&url)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,8 +179,8 @@ async fn the_shop_shows_all_five_patterns_end_to_end() {
 
     // The page is served, and a real browser follows it live (below, once orders flow).
     let page = shop
-        .http
-        .get(format!("{}/app/", shop.url))
+        .http()
+        .get(format!("{}/app/", shop.url()))
         .send()
         .await
         .unwrap();
@@ -212,10 +196,10 @@ async fn the_shop_shows_all_five_patterns_end_to_end() {
 
     // Live updates: an SSE client on the order-status topic from now on.
     let mut live = shop
-        .http
+        .http()
         .get(format!(
             "{}/v1/topics/order-status/stream?from=latest",
-            shop.url
+            shop.url()
         ))
         .timeout(Duration::from_secs(600))
         .send()
@@ -498,7 +482,7 @@ async fn browser_sees_live_update(shop: &Shop, i: usize) {
     let root = workspace();
     let mut driver = Command::new(root.join(".tools/py/bin/python"))
         .arg(root.join("crates/cli/tests/browser/live_page.py"))
-        .arg(format!("{}/app/", shop.url))
+        .arg(format!("{}/app/", shop.url()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -2,27 +2,33 @@
 //! JSON client for its API, and the means to kill it (SIGKILL) and restart it on the same
 //! data, as a crash would.
 
+mod api;
 mod guests;
 mod lines;
 
+pub use api::Api;
 pub use guests::{build_guest, workspace};
 pub use lines::Lines;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use serde_json::Value;
-
-/// A server process under test.
+/// A server process under test; its API client's methods (`call`, `ok`, …) are its own.
 pub struct TestServer {
     binary: PathBuf,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
     child: Option<Child>,
-    url: String,
-    http: reqwest::Client,
+    api: Api,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl TestServer {
@@ -33,11 +39,7 @@ impl TestServer {
             dir: tempfile::tempdir().expect("temp dir"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
-            url: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("http client"),
+            api: Api::new(""),
         };
         server.spawn();
         server
@@ -66,13 +68,8 @@ impl TestServer {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("server did not start: {line:?}"))
             .to_owned();
-        self.url = url;
+        self.api = Api::new(&url);
         self.child = Some(child);
-    }
-
-    /// The base URL, e.g. `http://127.0.0.1:41234`.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// The data directory.
@@ -110,85 +107,36 @@ impl TestServer {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
-
-    /// Calls the API with an optional JSON body; returns the status and the parsed body
-    /// (a JSON string holding the raw text when the body is not JSON).
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request reaches the server");
-        Self::read(resp).await
-    }
-
-    /// Calls the API and asserts a 2xx answer; returns its body.
-    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, body).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {v}"
-        );
-        v
-    }
-
-    /// Deploys the component `wasm` as a new version of function `name` with the deploy
-    /// query `query` (e.g. `memory=128MiB&env=K%3DV`); asserts it was created.
-    pub async fn deploy(&self, name: &str, wasm: Vec<u8>, query: &str) -> Value {
-        let path = format!("/v1/functions/{name}/versions?{query}");
-        let (status, v) = self
-            .call_with("POST", &path, &[("content-type", "application/wasm")], wasm)
-            .await;
-        assert_eq!(status, 201, "deploy {name}: {v}");
-        v
-    }
-
-    /// Sends raw bytes as `application/json`.
-    pub async fn call_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
-        self.call_with(method, path, &[("content-type", "application/json")], body)
-            .await
-    }
-
-    /// Sends raw bytes with the given headers.
-    pub async fn call_with(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req
-            .body(body)
-            .send()
-            .await
-            .expect("request reaches the server");
-        Self::read(resp).await
-    }
-
-    async fn read(resp: reqwest::Response) -> (u16, Value) {
-        let status = resp.status().as_u16();
-        let problem = resp
-            .headers()
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes() == b"application/problem+json");
-        let text = resp.text().await.expect("response body");
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if status >= 400 {
-            assert!(problem, "error answers are problem+json: {status} {value}");
-        }
-        (status, value)
-    }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped, so that a test that fails part-way
+/// leaves no server behind.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

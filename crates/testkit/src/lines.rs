@@ -46,6 +46,17 @@ impl Lines {
 
     /// [`Lines::wait_for`], waiting up to `limit`.
     pub fn wait_for_within(&mut self, text: &str, limit: Duration) -> String {
+        self.wait_for_unless(text, None, limit)
+    }
+
+    /// [`Lines::wait_for_within`], failing at once (with everything seen) if a line with
+    /// `failure` comes first.
+    pub fn wait_for_unless(
+        &mut self,
+        text: &str,
+        failure: Option<&str>,
+        limit: Duration,
+    ) -> String {
         let deadline = Instant::now() + limit;
         loop {
             if let Some((line, taken)) = self
@@ -56,13 +67,22 @@ impl Lines {
                 *taken = true;
                 return line.clone();
             }
+            let all = |seen: &[(String, bool)]| {
+                let all: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+                all.join("\n")
+            };
+            if let Some(f) = failure
+                && self.seen.iter().any(|(l, _)| l.contains(f))
+            {
+                panic!(
+                    "{f:?} before a line with {text:?}; saw:\n{}",
+                    all(&self.seen)
+                )
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(line) => self.seen.push((line, false)),
-                Err(_) => {
-                    let all: Vec<&str> = self.seen.iter().map(|(l, _)| l.as_str()).collect();
-                    panic!("no line with {text:?}; saw:\n{}", all.join("\n"))
-                }
+                Err(_) => panic!("no line with {text:?}; saw:\n{}", all(&self.seen)),
             }
         }
     }
