@@ -238,21 +238,36 @@ pub struct MessageRecord {
     /// JSON text.
     pub body: Vec<u8>,
     pub dead_letter: Option<DeadLetter>,
-    /// Standard queues: the ready sequence the message got when it was enqueued ready
-    /// with no delivery state of its own; its location until its first lease.
-    pub rseq: Option<u64>,
+    /// Standard queues: how the message is found while it has no state record of its own
+    /// (enqueued ready, never delivered).
+    pub stateless: Stateless,
 }
 
-/// Version 2 added `rseq`; version 1 records are still read.
+/// How a standard queue finds a message that was enqueued ready and has no state record;
+/// its first lease entry carries its state from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stateless {
+    /// It has a state record, or is not a standard queue's message.
+    #[default]
+    No,
+    /// In the ready index under this ready sequence number.
+    Indexed(u64),
+    /// In no index: the queue's cursor reaches it in sequence order (it was enqueued at
+    /// or after the cursor's scan position).
+    Cursor,
+}
+
+/// Version 2 added the ready sequence (`Stateless::Indexed`), tag 2 of that field is
+/// `Stateless::Cursor`; version 1 records are still read.
 const MESSAGE_VERSION: u8 = 2;
 
 impl MessageRecord {
     pub fn encode(&self) -> Vec<u8> {
-        self.encode_with_rseq(self.rseq)
+        self.encode_as(self.stateless)
     }
 
-    /// Encodes the record with `rseq` in place of its own.
-    pub fn encode_with_rseq(&self, rseq: Option<u64>) -> Vec<u8> {
+    /// Encodes the record with `stateless` in place of its own.
+    pub fn encode_as(&self, stateless: Stateless) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(
             64 + self.body.len() + self.attributes.len(),
         ));
@@ -279,12 +294,15 @@ impl MessageRecord {
                 }
             }
         }
-        match rseq {
-            Some(r) => {
+        match stateless {
+            Stateless::No => {
+                w.u8(0);
+            }
+            Stateless::Indexed(r) => {
                 w.u8(1).u64(r);
             }
-            None => {
-                w.u8(0);
+            Stateless::Cursor => {
+                w.u8(2);
             }
         }
         w.0
@@ -314,9 +332,10 @@ impl MessageRecord {
             }),
             _ => return Err(Corrupt { what: "message" }),
         };
-        let rseq = match (version, if version == 1 { 0 } else { r.u8()? }) {
-            (1, _) | (_, 0) => None,
-            (_, 1) => Some(r.u64()?),
+        let stateless = match (version, if version == 1 { 0 } else { r.u8()? }) {
+            (1, _) | (_, 0) => Stateless::No,
+            (_, 1) => Stateless::Indexed(r.u64()?),
+            (_, 2) => Stateless::Cursor,
             _ => return Err(Corrupt { what: "message" }),
         };
         r.finish()?;
@@ -327,7 +346,7 @@ impl MessageRecord {
             attributes,
             body,
             dead_letter,
-            rseq,
+            stateless,
         })
     }
 }
@@ -414,7 +433,8 @@ pub struct Counters {
     pub sent_total: u64,
     pub expired_total: u64,
     pub dedup_hits_total: u64,
-    /// Subscriptions: the next topic offset not yet taken from the log.
+    /// Subscriptions: the next topic offset not yet taken from the log. Standard queues:
+    /// every message at or after it whose record is `Stateless::Cursor` is ready.
     pub cursor: u64,
 }
 
@@ -565,12 +585,18 @@ mod tests {
                 at_ms: 9,
                 source_seq: Some(11),
             }),
-            rseq: Some(12),
+            stateless: Stateless::Indexed(12),
         };
-        let enc = m.encode();
-        assert_eq!(MessageRecord::decode(&enc).unwrap(), m);
-        for cut in 0..enc.len() {
-            assert!(MessageRecord::decode(&enc[..cut]).is_err(), "cut at {cut}");
+        for stateless in [Stateless::No, Stateless::Indexed(12), Stateless::Cursor] {
+            let m = MessageRecord {
+                stateless,
+                ..m.clone()
+            };
+            let enc = m.encode();
+            assert_eq!(MessageRecord::decode(&enc).unwrap(), m);
+            for cut in 0..enc.len() {
+                assert!(MessageRecord::decode(&enc[..cut]).is_err(), "cut at {cut}");
+            }
         }
         let s = MessageState {
             receive_count: 2,

@@ -2,9 +2,15 @@
 //! that make each change durable. Callers hold the broker's lock around every method and
 //! await the returned ticket after releasing it.
 //!
-//! Memory holds only what is bounded: leases (at most `max_in_flight` per queue), a window
+//! Memory holds only what is bounded: leases (at most `max_in_flight` per queue), windows
 //! of the next ready messages, FIFO group heads and counters. Message bodies, the ready
 //! backlog and delayed messages live in the store.
+//!
+//! A standard queue finds a message that was sent ready and never delivered by its cursor
+//! (`Counters::cursor`), which walks the queue's own records in sequence order: such a
+//! message costs no index entry and no state record until its first lease. Messages that
+//! become ready again (released, promoted from delay, moved in behind the cursor) go
+//! through the ready index, which receives drain first.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -17,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::codec::{
     self, Corrupt, Counters, DeadLetter, Location, LogEntry, MessageRecord, MessageState, Receipt,
-    kind,
+    Stateless, kind,
 };
 use crate::delivery::{
     self, DeadLetterReason, GroupTable, Lease, LeaseTable, Release, ReleaseCause,
@@ -27,8 +33,12 @@ use crate::{
     QueueInfo, QueueStats, ReceiptOutcome, Redrive, Result, SendOutcome, Waker, config,
 };
 
-/// Ready entries kept in memory per standard queue.
+/// Ready entries kept in memory per standard queue, in each of its two windows.
 const WINDOW_MAX: usize = 4_096;
+/// Bytes of message records a standard queue keeps in memory ahead of its cursor.
+const AHEAD_BYTES_MAX: usize = 4 << 20;
+/// Records a receive examines ahead of the cursor before it answers with what it found.
+const AHEAD_SCAN_MAX: usize = 4 * WINDOW_MAX;
 /// Entries handled per queue per background tick, per kind of work.
 const TICK_BATCH: usize = 1_000;
 /// Messages removed per batch by purge and delete.
@@ -79,6 +89,16 @@ struct QueueState {
     window_scan_next: u64,
     /// Every ready entry in the store is in the window.
     window_complete: bool,
+    /// Standard queues: the next messages the cursor reaches (`Stateless::Cursor`), in
+    /// sequence order; the first ones keep their record (up to `AHEAD_BYTES_MAX` in total)
+    /// so delivering them needs no read.
+    ahead: VecDeque<(u64, Option<MessageRecord>)>,
+    /// Bytes of the records `ahead` keeps.
+    ahead_bytes: usize,
+    /// The next sequence number not yet scanned into `ahead`.
+    ahead_scan_next: u64,
+    /// Every message the cursor has yet to reach is in `ahead`.
+    ahead_complete: bool,
     /// Earliest due time in the delayed index, if any.
     delayed_next_due: Option<u64>,
     leases: LeaseTable,
@@ -103,6 +123,10 @@ impl QueueState {
             window: VecDeque::new(),
             window_scan_next: 0,
             window_complete: false,
+            ahead: VecDeque::new(),
+            ahead_bytes: 0,
+            ahead_scan_next: counters.cursor,
+            ahead_complete: false,
             delayed_next_due: None,
             leases: LeaseTable::default(),
             groups: GroupTable::default(),
@@ -227,6 +251,10 @@ impl Engine {
             engine.install(QueueState::new(meta, counters), now)?;
         }
         engine.load_subscriptions(now)?;
+        // Ready sequences were numbered per queue before they came from the message
+        // sequence counter: new ones must follow every one in use.
+        let rseq_max = engine.queues.values().map(|q| q.counters.next_rseq);
+        engine.next_seq = engine.next_seq.max(rseq_max.max().unwrap_or(0));
         Ok(engine)
     }
 
@@ -649,6 +677,7 @@ impl Engine {
                 };
                 let mut q = QueueState::new(meta, Counters::default());
                 q.window_complete = true;
+                q.ahead_complete = true;
                 self.names.insert(qid, q.name.clone());
                 self.queues.insert(q.name.clone(), q);
                 self.dirty.insert(qid);
@@ -751,7 +780,7 @@ impl Engine {
                 attributes: m.attributes,
                 body: m.body,
                 dead_letter: None,
-                rseq: None,
+                stateless: Stateless::No,
             };
             self.insert_message(batch, qid, seq, &record, now + delay, 0, 0, now)?;
             let q = self.queue_mut(name)?;
@@ -812,34 +841,39 @@ impl Engine {
             .get_mut(&name)
             .ok_or(Corrupt { what: "queue id" })?;
         // A standard queue's message that is ready now and has never been delivered needs
-        // no state record: its record carries its ready sequence.
-        let stateless =
-            q.source.is_none() && !q.config.fifo && visible_at <= now && receive_count == 0;
+        // no state record: the cursor reaches it, or its record carries its ready sequence.
+        let unstated = q.source.is_none() && receive_count == 0;
         q.retention_hint = q.retention_hint.min(seq);
-        let location = if q.config.fifo {
+        let (location, stateless) = if q.config.fifo {
             let group = record.group.as_deref().unwrap_or("");
             batch.put(&self.ks.index, codec::fifo_key(qid, group, seq), Vec::new());
             q.counters.ready += 1;
             q.groups.on_enqueue(group, visible_at, now);
-            Location::Fifo
+            (Some(Location::Fifo), Stateless::No)
         } else if visible_at > now {
-            push_delayed(&self.ks.index, batch, q, seq, visible_at)
+            let location = push_delayed(&self.ks.index, batch, q, seq, visible_at);
+            (Some(location), Stateless::No)
+        } else if unstated && seq + 1 == self.next_seq && seq >= q.ahead_scan_next {
+            // Numbered just now: nothing enqueued earlier comes after it.
+            push_ahead(q, seq, record);
+            (None, Stateless::Cursor)
         } else {
-            Location::Ready(push_ready(&self.ks.index, batch, q, seq))
+            let rseq = push_ready(&self.ks.index, batch, q, take(&mut self.next_seq), seq);
+            if unstated {
+                (None, Stateless::Indexed(rseq))
+            } else {
+                (Some(Location::Ready(rseq)), Stateless::No)
+            }
         };
         if q.source.is_none() {
-            let rseq = match location {
-                Location::Ready(r) if stateless => Some(r),
-                _ => None,
-            };
             batch.put(
                 &self.ks.msg,
                 codec::msg_key(qid, seq),
-                record.encode_with_rseq(rseq),
+                record.encode_as(stateless),
             );
         }
         self.dirty.insert(qid);
-        if !stateless {
+        if let Some(location) = location {
             let state = MessageState {
                 receive_count,
                 first_receive_ms,
@@ -892,8 +926,9 @@ impl Engine {
             if q.leases.len() >= in_flight_max {
                 break;
             }
-            // `from_log`: taken from a subscription's topic log for the first time.
-            let (seq, group, from_log, scanned) = if fifo {
+            // `from_log`: taken from a subscription's topic log for the first time;
+            // `unstated`: known to have no state record (taken from the log or by the cursor).
+            let (seq, group, from_log, unstated, known) = if fifo {
                 let Some(group) = q.groups.lease_next(now) else {
                     break;
                 };
@@ -903,19 +938,31 @@ impl Engine {
                     q.groups.on_remove_head(&group, None, now);
                     continue;
                 };
-                (seq, Some(group), false, None)
+                (seq, Some(group), false, false, None)
             } else {
                 match self.next_ready(name)? {
                     None => break,
                     Some(Ready::Indexed { rseq, seq }) => {
                         batch.delete(&self.ks.index, codec::ready_key(qid, rseq));
-                        (seq, None, false, None)
+                        // Enqueued ready under this very entry: no state record.
+                        let record = self.read_record(qid, seq)?;
+                        let unstated = record
+                            .as_ref()
+                            .is_some_and(|r| r.stateless == Stateless::Indexed(rseq));
+                        (seq, None, false, unstated, Some(record))
                     }
-                    Some(Ready::Log(offset, entry)) => (offset, None, true, entry),
+                    Some(Ready::Ahead(seq, record)) => (seq, None, false, true, record.map(Some)),
+                    Some(Ready::Log(offset, entry)) => (
+                        offset,
+                        None,
+                        true,
+                        true,
+                        entry.map(|e| Some(topics::record_of(e, None))),
+                    ),
                 }
             };
-            let record = match scanned {
-                Some(entry) => Some(topics::record_of(entry, None)),
+            let record = match known {
+                Some(record) => record,
                 None => self.read_record(qid, seq)?,
             };
             let Some(record) = record else {
@@ -933,7 +980,7 @@ impl Engine {
             };
             // `fresh`: never delivered and without a state record (taken from the log, or
             // enqueued ready); its first lease carries its state.
-            let stored = if from_log {
+            let stored = if unstated {
                 None
             } else {
                 self.ks.state.get(&codec::msg_key(qid, seq))?
@@ -1041,22 +1088,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Pops the next ready entry of a standard queue, refilling the window from the store;
-    /// a subscription then takes the next matching event from its topic's log.
+    /// Pops the next ready message of a standard queue. A queue takes whichever of its
+    /// ready index and its cursor holds the message enqueued first (ready sequences and
+    /// message sequences come from one counter); a subscription drains its ready index
+    /// (redeliveries) before it takes the next matching event from its topic's log.
     fn next_ready(&mut self, name: &str) -> Result<Option<Ready>> {
-        match self.next_indexed(name)? {
-            Some((rseq, seq)) => Ok(Some(Ready::Indexed { rseq, seq })),
-            None if self.queue(name)?.source.is_some() => Ok(self
-                .next_from_log(name)?
-                .map(|(offset, entry)| Ready::Log(offset, entry))),
-            None => Ok(None),
+        let indexed = self.fill_window(name)?;
+        if self.queue(name)?.source.is_some() {
+            return match indexed {
+                Some(_) => Ok(self.pop_indexed(name)?),
+                None => Ok(self
+                    .next_from_log(name)?
+                    .map(|(offset, entry)| Ready::Log(offset, entry))),
+            };
+        }
+        match (indexed, self.fill_ahead(name)?) {
+            (Some(rseq), Some(seq)) if seq < rseq => self.pop_ahead(name),
+            (Some(_), _) => self.pop_indexed(name),
+            (None, Some(_)) => self.pop_ahead(name),
+            (None, None) => Ok(None),
         }
     }
 
-    fn next_indexed(&mut self, name: &str) -> Result<Option<(u64, u64)>> {
+    /// The ready sequence at the front of the ready window, refilled from the index when
+    /// empty.
+    fn fill_window(&mut self, name: &str) -> Result<Option<u64>> {
         let q = self.queue_mut(name)?;
-        if let Some(entry) = q.window.pop_front() {
-            return Ok(Some(entry));
+        if let Some((rseq, _)) = q.window.front() {
+            return Ok(Some(*rseq));
         }
         if q.window_complete || q.counters.ready == 0 {
             return Ok(None);
@@ -1073,7 +1132,72 @@ impl Engine {
             q.window.push_back((rseq, seq));
             q.window_scan_next = rseq + 1;
         }
-        Ok(q.window.pop_front())
+        Ok(q.window.front().map(|(rseq, _)| *rseq))
+    }
+
+    fn pop_indexed(&mut self, name: &str) -> Result<Option<Ready>> {
+        Ok(self
+            .queue_mut(name)?
+            .window
+            .pop_front()
+            .map(|(rseq, seq)| Ready::Indexed { rseq, seq }))
+    }
+
+    /// The sequence number of the next message the cursor of standard queue `name`
+    /// reaches, scanning the queue's records ahead when the window is empty.
+    fn fill_ahead(&mut self, name: &str) -> Result<Option<u64>> {
+        let mut scanned = 0;
+        loop {
+            let q = self.queue_mut(name)?;
+            let qid = q.qid;
+            if let Some((seq, _)) = q.ahead.front() {
+                return Ok(Some(*seq));
+            }
+            if q.ahead_complete || scanned >= AHEAD_SCAN_MAX {
+                return Ok(None);
+            }
+            let start = codec::msg_key(qid, q.ahead_scan_next);
+            let end = codec::prefix_end(&codec::queue_prefix(qid));
+            let entries = self.ks.msg.range(&start, &end, WINDOW_MAX)?;
+            scanned += WINDOW_MAX;
+            let q = self.queue_mut(name)?;
+            q.ahead_complete = entries.len() < WINDOW_MAX;
+            for (k, v) in &entries {
+                let seq = codec::u64_at(k, 8)?;
+                q.ahead_scan_next = seq + 1;
+                let record = MessageRecord::decode(v)?;
+                if record.stateless != Stateless::Cursor {
+                    // Found through its state record or the ready index.
+                    continue;
+                }
+                let size = record_size(&record);
+                let keep = q.ahead_bytes + size <= AHEAD_BYTES_MAX;
+                if keep {
+                    q.ahead_bytes += size;
+                }
+                q.ahead.push_back((seq, keep.then_some(record)));
+            }
+            if q.ahead.is_empty() {
+                // Nothing to deliver up to here: the cursor moves past what was examined.
+                q.counters.cursor = q.ahead_scan_next;
+                self.dirty.insert(qid);
+            }
+        }
+    }
+
+    /// Takes the message at the cursor and moves the cursor past it.
+    fn pop_ahead(&mut self, name: &str) -> Result<Option<Ready>> {
+        let q = self.queue_mut(name)?;
+        let Some((seq, record)) = q.ahead.pop_front() else {
+            return Ok(None);
+        };
+        if let Some(r) = &record {
+            q.ahead_bytes -= record_size(r);
+        }
+        q.counters.cursor = q.ahead.front().map_or(q.ahead_scan_next, |(s, _)| *s);
+        let qid = q.qid;
+        self.dirty.insert(qid);
+        Ok(Some(Ready::Ahead(seq, record)))
     }
 
     /// The first message of `group` not in `skip`.
@@ -1309,7 +1433,8 @@ impl Engine {
                 } else if at_ms > now {
                     push_delayed(&self.ks.index, batch, q, seq, at_ms)
                 } else {
-                    Location::Ready(push_ready(&self.ks.index, batch, q, seq))
+                    let rseq = take(&mut self.next_seq);
+                    Location::Ready(push_ready(&self.ks.index, batch, q, rseq, seq))
                 };
                 batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
                 Ok(None)
@@ -1465,7 +1590,7 @@ impl Engine {
                 attributes: Vec::new(),
                 body: Vec::new(),
                 dead_letter: None,
-                rseq: None,
+                stateless: Stateless::No,
             },
             None => {
                 return Err(Error::Corrupt(Corrupt {
@@ -1473,16 +1598,12 @@ impl Engine {
                 }));
             }
         };
-        let state = match (self.read_state(qid, seq), record.rseq) {
-            (Ok(state), _) => state,
-            // Enqueued ready and never delivered: no state record, its ready sequence is in
-            // its record.
-            (Err(Error::Corrupt(_)), Some(rseq)) => MessageState {
-                receive_count: 0,
-                first_receive_ms: 0,
-                visible_at: 0,
-                location: Location::Ready(rseq),
-            },
+        // Enqueued ready and never delivered: no state record; its record says how it is
+        // found (`None`: by the cursor).
+        let location = match (self.read_state(qid, seq), record.stateless) {
+            (Ok(state), _) => Some(state.location),
+            (Err(Error::Corrupt(_)), Stateless::Indexed(rseq)) => Some(Location::Ready(rseq)),
+            (Err(Error::Corrupt(_)), Stateless::Cursor) => None,
             (Err(e), _) => return Err(e),
         };
         let group = record.group.clone().unwrap_or_default();
@@ -1494,7 +1615,20 @@ impl Engine {
         }
         batch.delete(&self.ks.state, codec::msg_key(qid, seq));
         removed.insert(seq);
-        match state.location {
+        let Some(location) = location else {
+            let q = self.queue_mut(name)?;
+            q.counters.ready -= 1;
+            // The window is in sequence order; removals are usually at its front.
+            if let Ok(i) = q.ahead.binary_search_by_key(&seq, |(s, _)| *s)
+                && let Some((_, Some(r))) = q.ahead.remove(i)
+            {
+                q.ahead_bytes -= record_size(&r);
+            }
+            self.dirty.insert(qid);
+            self.release_dead_letter_count(&record)?;
+            return Ok(record);
+        };
+        match location {
             Location::Ready(rseq) => {
                 batch.delete(&self.ks.index, codec::ready_key(qid, rseq));
                 let q = self.queue_mut(name)?;
@@ -1559,6 +1693,9 @@ impl Engine {
         let q = self.queue_mut(name)?;
         q.window.clear();
         q.window_complete = true;
+        q.ahead.clear();
+        q.ahead_bytes = 0;
+        q.ahead_complete = true;
         q.delayed_next_due = None;
         q.leases.clear();
         q.groups.clear();
@@ -1726,7 +1863,8 @@ impl Engine {
                 .get_mut(name)
                 .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
             q.counters.delayed -= 1;
-            state.location = Location::Ready(push_ready(&self.ks.index, batch, q, seq));
+            let rseq = take(&mut self.next_seq);
+            state.location = Location::Ready(push_ready(&self.ks.index, batch, q, rseq, seq));
             batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
         }
         self.dirty.insert(qid);
@@ -1818,10 +1956,11 @@ impl Engine {
     }
 }
 
-/// Appends `seq` to the ready index of standard queue `q`; returns its ready sequence.
-fn push_ready(index: &Keyspace, batch: &mut Batch, q: &mut QueueState, seq: u64) -> u64 {
-    let rseq = q.counters.next_rseq;
-    q.counters.next_rseq += 1;
+/// Appends `seq` to the ready index of standard queue `q` under ready sequence `rseq`, a
+/// number taken from the message sequence counter (so a queue can tell which of its index
+/// and its cursor holds the earlier message); returns it.
+fn push_ready(index: &Keyspace, batch: &mut Batch, q: &mut QueueState, rseq: u64, seq: u64) -> u64 {
+    q.counters.next_rseq = rseq + 1;
     batch.put(
         index,
         codec::ready_key(q.qid, rseq),
@@ -1835,6 +1974,35 @@ fn push_ready(index: &Keyspace, batch: &mut Batch, q: &mut QueueState, seq: u64)
         q.window_complete = false;
     }
     rseq
+}
+
+/// The next number of `counter`.
+fn take(counter: &mut u64) -> u64 {
+    *counter += 1;
+    *counter - 1
+}
+
+/// Counts `seq` ready for the cursor of standard queue `q`, keeping it (and its record, if
+/// room is left) in the window when the window holds everything scanned so far; otherwise
+/// the next scan finds it.
+fn push_ahead(q: &mut QueueState, seq: u64, record: &MessageRecord) {
+    q.counters.ready += 1;
+    if q.ahead_complete && q.ahead.len() < WINDOW_MAX {
+        let size = record_size(record);
+        let keep = q.ahead_bytes + size <= AHEAD_BYTES_MAX;
+        if keep {
+            q.ahead_bytes += size;
+        }
+        q.ahead.push_back((seq, keep.then(|| record.clone())));
+        q.ahead_scan_next = seq + 1;
+    } else {
+        q.ahead_complete = false;
+    }
+}
+
+/// The bytes a message record holds in memory, near enough.
+fn record_size(r: &MessageRecord) -> usize {
+    64 + r.body.len() + r.attributes.len()
 }
 
 /// Puts `seq` into the delayed index of standard queue `q` until `due`.
@@ -1855,6 +2023,8 @@ fn push_delayed(
 enum Ready {
     /// The ready index.
     Indexed { rseq: u64, seq: u64 },
+    /// A queue's cursor, with the record if the scan kept it.
+    Ahead(u64, Option<MessageRecord>),
     /// A subscription's topic log, at this offset, with the entry if the scan kept it.
     Log(u64, Option<LogEntry>),
 }

@@ -622,3 +622,96 @@ async fn redriving_a_message_behind_a_leased_fifo_head_keeps_that_lease_alone() 
     assert_eq!(bodies(&f.receive("b", 10).await), ["b"]);
     assert_eq!(f.stats("dlq"), (0, 0, 0, 0));
 }
+
+#[tokio::test]
+async fn the_cursor_and_the_ready_index_deliver_in_enqueue_order_across_restarts() {
+    let mut f = Fixture::new();
+    let config = QueueConfig {
+        backoff: no_backoff(),
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.send("q", &["a", "b", "c"]).await;
+    let a = f.receive("q", 1).await;
+    assert_eq!(bodies(&a), ["a"]);
+    // Released after `c` was sent: it is delivered after `c` and before `d`.
+    let nack = Nack {
+        delay: Some(HumanDuration::ZERO),
+        reason: None,
+    };
+    f.b().nack("q", &receipts(&a), nack.clone()).await.unwrap();
+    let delayed = NewMessage {
+        delay: Some(HumanDuration::from_secs(5)),
+        ..msg("later")
+    };
+    f.b().send("q", vec![delayed, msg("d")]).await.unwrap();
+    assert_eq!(f.stats("q"), (4, 0, 1, 0));
+    f.reopen();
+    assert_eq!(f.stats("q"), (4, 0, 1, 0));
+    let got = f.receive("q", 2).await;
+    assert_eq!(bodies(&got), ["b", "c"]);
+    f.reopen();
+    // `b` and `c` stay leased across the restart; the cursor is past them.
+    assert_eq!(f.stats("q"), (2, 2, 1, 0));
+    let rest = f.receive("q", 10).await;
+    assert_eq!(bodies(&rest), ["a", "d"]);
+    assert_eq!(
+        rest.iter().map(|m| m.receive_count).collect::<Vec<_>>(),
+        [2, 1]
+    );
+    // Promoted from delay after `e` was sent: after `e`, before `f`.
+    f.send("q", &["e"]).await;
+    f.advance(5_000).await;
+    f.send("q", &["f"]).await;
+    let last = f.receive("q", 10).await;
+    assert_eq!(bodies(&last), ["e", "later", "f"]);
+    assert_eq!(f.stats("q"), (0, 7, 0, 0));
+    // Every lease, first or not, survives a restart and is acked once.
+    f.reopen();
+    assert_eq!(f.stats("q"), (0, 7, 0, 0));
+    let leased: Vec<Delivery> = [got, rest, last].concat();
+    let acked = f.b().ack("q", &receipts(&leased)).await.unwrap();
+    assert!(acked.iter().all(Result::is_ok), "{acked:?}");
+    assert_eq!(f.stats("q"), (0, 0, 0, 0));
+    assert!(f.receive("q", 10).await.is_empty());
+}
+
+#[tokio::test]
+async fn messages_past_the_cursor_windows_byte_budget_are_read_when_their_turn_comes() {
+    let mut f = Fixture::new();
+    f.queue("q", QueueConfig::default()).await;
+    // 40 messages of 200 KB: about twice what the window keeps in memory.
+    let big = |i: usize| NewMessage {
+        body: format!("\"{i:03}{}\"", "x".repeat(200_000)).into_bytes(),
+        attributes: b"{}".to_vec(),
+        ..NewMessage::default()
+    };
+    for chunk in 0..4 {
+        let msgs = (0..10).map(|i| big(chunk * 10 + i)).collect();
+        f.b().send("q", msgs).await.unwrap();
+    }
+    let first = f.receive("q", 25).await;
+    f.reopen();
+    let second = f.receive("q", 100).await;
+    let got: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .map(|m| String::from_utf8_lossy(&m.body[1..4]).into_owned())
+        .collect();
+    let want: Vec<String> = (0..40).map(|i| format!("{i:03}")).collect();
+    assert_eq!(got, want);
+    assert!(first.iter().chain(&second).all(|m| m.body.len() == 200_005));
+}
+
+#[tokio::test]
+async fn purging_a_queue_empties_the_cursor_window_and_new_messages_still_arrive() {
+    let f = Fixture::new();
+    f.queue("q", QueueConfig::default()).await;
+    f.send("q", &["a", "b", "c", "d"]).await;
+    assert_eq!(bodies(&f.receive("q", 1).await), ["a"]);
+    assert_eq!(f.b().purge("q").await.unwrap(), 4);
+    assert_eq!(f.stats("q"), (0, 0, 0, 0));
+    assert!(f.receive("q", 10).await.is_empty());
+    f.send("q", &["e"]).await;
+    assert_eq!(bodies(&f.receive("q", 10).await), ["e"]);
+}

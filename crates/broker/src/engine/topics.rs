@@ -19,7 +19,9 @@ use sluice_types::Name;
 use tokio::sync::Notify;
 
 use super::{Engine, QueueMeta, QueueState, WINDOW_MAX, not_found};
-use crate::codec::{self, Corrupt, Counters, LogEntry, MessageRecord, Reader, Writer, kind};
+use crate::codec::{
+    self, Corrupt, Counters, LogEntry, MessageRecord, Reader, Stateless, Writer, kind,
+};
 use crate::event::{self, EventError};
 use crate::filter::Filter;
 use crate::topic_config::{Start, SubscriptionConfig, Target, TopicConfig};
@@ -202,7 +204,7 @@ pub(super) fn record_of(entry: LogEntry, group: Option<String>) -> MessageRecord
         attributes: b"{}".to_vec(),
         body: entry.event,
         dead_letter: None,
-        rseq: None,
+        stateless: Stateless::No,
     }
 }
 
@@ -1166,7 +1168,7 @@ impl Engine {
                 .expect("attributes serialize"),
                 body: entry.event,
                 dead_letter: None,
-                rseq: None,
+                stateless: Stateless::No,
             };
             let seq = self.next_seq;
             self.next_seq += 1;
