@@ -542,11 +542,21 @@ pub struct Receipt {
 
 impl fmt::Display for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}{:016x}{:08x}", self.qid, self.seq, self.epoch)
+        f.write_str(&self.encode())
     }
 }
 
 impl Receipt {
+    /// The receipt as users see it (one per delivered message, so written without the
+    /// formatting machinery).
+    pub fn encode(&self) -> String {
+        let mut s = String::with_capacity(40);
+        push_hex(&mut s, self.qid, 16);
+        push_hex(&mut s, self.seq, 16);
+        push_hex(&mut s, u64::from(self.epoch), 8);
+        s
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         if s.len() != 40 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
@@ -561,7 +571,17 @@ impl Receipt {
 
 /// A message id as shown to users: its global sequence number in 16 hex digits.
 pub fn message_id(seq: u64) -> String {
-    format!("{seq:016x}")
+    let mut s = String::with_capacity(16);
+    push_hex(&mut s, seq, 16);
+    s
+}
+
+/// Appends the last `digits` hex digits of `v`, lowercase and zero-padded.
+fn push_hex(out: &mut String, v: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    }
 }
 
 #[cfg(test)]
@@ -635,6 +655,11 @@ mod tests {
             epoch: 3,
         };
         assert_eq!(Receipt::parse(&r.to_string()), Some(r));
+        for (qid, seq, epoch) in [(0, 0, 0), (1, 0xabc, 7), (u64::MAX, 1 << 63, u32::MAX)] {
+            let r = Receipt { qid, seq, epoch };
+            assert_eq!(r.encode(), format!("{qid:016x}{seq:016x}{epoch:08x}"));
+            assert_eq!(message_id(seq), format!("{seq:016x}"));
+        }
         for bad in ["", "xyz", &"0".repeat(39), &"g".repeat(40), &"0".repeat(41)] {
             assert_eq!(Receipt::parse(bad), None, "{bad}");
         }

@@ -1054,7 +1054,7 @@ impl Engine {
                     seq,
                     epoch: state.receive_count,
                 }
-                .to_string(),
+                .encode(),
                 receive_count: state.receive_count,
                 first_receive_ms: state.first_receive_ms,
                 sent_ms: record.sent_ms,
