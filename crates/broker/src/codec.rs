@@ -21,8 +21,12 @@ pub mod kind {
     pub const READY: u8 = b'R';
     /// Delayed messages of a standard queue: `due, seq -> ()`.
     pub const DELAYED: u8 = b'D';
-    /// Leases: `deadline, seq -> ()`.
+    /// Leases: `deadline, seq -> ()`, or the first receive time when the entry carries
+    /// the state of a first delivery.
     pub const LEASE: u8 = b'L';
+    /// Leases shared by the first deliveries of one receive from a standard queue:
+    /// `deadline, id -> receive time, seqs` ([`SharedLease`]).
+    pub const SHARED_LEASE: u8 = b'S';
     /// FIFO group members: `group, seq -> ()`.
     pub const FIFO: u8 = b'F';
     /// Dedup ids: `id -> expires, seq`.
@@ -87,6 +91,43 @@ pub fn delayed_key(qid: u64, due: u64, seq: u64) -> Vec<u8> {
 }
 
 /// Lease-index key of message `seq`, leased until `deadline`.
+pub fn shared_lease_key(qid: u64, deadline: u64, id: u64) -> Vec<u8> {
+    index_key(
+        qid,
+        kind::SHARED_LEASE,
+        &[&deadline.to_be_bytes(), &id.to_be_bytes()],
+    )
+}
+
+/// The value of a shared lease entry: when its messages were received (their first
+/// delivery), and which they are. A listed message whose record is gone was acked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedLease {
+    pub received_ms: u64,
+    pub seqs: Vec<u64>,
+}
+
+impl SharedLease {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(8 + 8 * self.seqs.len()));
+        w.u64(self.received_ms);
+        for s in &self.seqs {
+            w.u64(*s);
+        }
+        w.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, Corrupt> {
+        let mut r = Reader::new(buf, "shared lease");
+        let received_ms = r.u64()?;
+        let mut seqs = Vec::with_capacity(buf.len() / 8);
+        while !r.is_empty() {
+            seqs.push(r.u64()?);
+        }
+        Ok(Self { received_ms, seqs })
+    }
+}
+
 pub fn lease_key(qid: u64, deadline: u64, seq: u64) -> Vec<u8> {
     index_key(
         qid,
@@ -634,6 +675,15 @@ mod tests {
         assert_eq!(Counters::decode(&c.encode()).unwrap(), c);
         let old = &c.encode()[..64];
         assert_eq!(Counters::decode(old).unwrap().cursor, 0);
+        let shared = SharedLease {
+            received_ms: 5,
+            seqs: vec![1, u64::MAX, 7],
+        };
+        let enc = shared.encode();
+        assert_eq!(SharedLease::decode(&enc).unwrap(), shared);
+        for cut in [0, 7, 9, 17, enc.len() - 1] {
+            assert!(SharedLease::decode(&enc[..cut]).is_err(), "cut at {cut}");
+        }
         let l = LogEntry {
             published_ms: 3,
             key: Some("k".into()),

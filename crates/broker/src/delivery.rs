@@ -127,9 +127,22 @@ pub struct Lease {
     pub epoch: u32,
     /// The message's FIFO group, if any.
     pub group: Option<String>,
-    /// The message's delivery state is stored on its own. A subscription's event on its
-    /// first delivery keeps it in the lease entry instead, to save two writes.
-    pub state_stored: bool,
+    /// Where the lease, and the message's delivery state while leased, are stored.
+    pub entry: LeaseEntry,
+}
+
+/// How a lease is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEntry {
+    /// A lease entry of its own, and the message's state record.
+    Own,
+    /// A lease entry of its own that carries the state of a first delivery (no state
+    /// record): a subscription's event, or a queue message whose first lease was extended.
+    Carried,
+    /// Listed, with every other first delivery of the same receive, in one shared lease
+    /// entry (this id) that carries their state: a standard queue's messages, whose acks
+    /// delete their records, which tells the entry's stale members apart.
+    Shared(u64),
 }
 
 /// The leased messages of one queue, by message sequence number and by deadline.
@@ -151,6 +164,13 @@ impl LeaseTable {
     /// The lease on `seq`.
     pub fn get(&self, seq: u64) -> Option<&Lease> {
         self.by_seq.get(&seq)
+    }
+
+    /// Changes how the lease on `seq` is stored.
+    pub fn set_entry(&mut self, seq: u64, entry: LeaseEntry) {
+        if let Some(lease) = self.by_seq.get_mut(&seq) {
+            lease.entry = entry;
+        }
     }
 
     /// Ends the lease on `seq`.

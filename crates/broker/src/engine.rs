@@ -26,7 +26,7 @@ use crate::codec::{
     Stateless, kind,
 };
 use crate::delivery::{
-    self, DeadLetterReason, GroupTable, Lease, LeaseTable, Release, ReleaseCause,
+    self, DeadLetterReason, GroupTable, Lease, LeaseEntry, LeaseTable, Release, ReleaseCause,
 };
 use crate::{
     DeadLetterInfo, Delivery, Error, KEY_LEN_MAX, Nack, NewMessage, QueueActivity, QueueConfig,
@@ -75,6 +75,18 @@ struct Keyspaces {
     streams: Keyspace,
 }
 
+/// A shared lease entry in memory (`LeaseEntry::Shared`).
+struct Shared {
+    deadline_ms: u64,
+    /// The stored entry: its messages' first receive time and their sequence numbers.
+    stored: codec::SharedLease,
+    /// Messages still leased under it.
+    outstanding: usize,
+    /// A message left it other than by an ack (released, extended, removed): the stored
+    /// list must drop it, since its record stays.
+    released: bool,
+}
+
 struct QueueState {
     qid: u64,
     name: String,
@@ -102,6 +114,8 @@ struct QueueState {
     /// Earliest due time in the delayed index, if any.
     delayed_next_due: Option<u64>,
     leases: LeaseTable,
+    /// Shared lease entries with messages still leased under them, by id.
+    shared: HashMap<u64, Shared>,
     groups: GroupTable,
     /// No message of this queue has a smaller sequence number.
     retention_hint: u64,
@@ -129,6 +143,7 @@ impl QueueState {
             ahead_complete: false,
             delayed_next_due: None,
             leases: LeaseTable::default(),
+            shared: HashMap::new(),
             groups: GroupTable::default(),
             retention_hint: 0,
             housekeeping_next_check: 0,
@@ -187,6 +202,9 @@ pub(crate) struct Engine {
     rng: StdRng,
     /// Queues whose counters changed in the batch being built.
     dirty: HashSet<u64>,
+    /// Shared lease entries (queue id, entry id) that a message left in the batch being
+    /// built: deleted when none is left, rewritten when one was released.
+    dirty_shared: HashSet<(u64, u64)>,
     topics: HashMap<String, topics::TopicState>,
     /// Topics whose counters changed in the batch being built.
     dirty_topics: HashSet<String>,
@@ -238,6 +256,7 @@ impl Engine {
                 None => StdRng::from_os_rng(),
             },
             dirty: HashSet::new(),
+            dirty_shared: HashSet::new(),
             topics: HashMap::new(),
             dirty_topics: HashSet::new(),
             scavenge: HashMap::new(),
@@ -283,6 +302,12 @@ impl Engine {
     /// Recovers a loaded queue's delivery state and makes it known by id and name.
     fn install(&mut self, mut q: QueueState, now: u64) -> Result<()> {
         self.recover_queue(&mut q, now)?;
+        // Shared lease entries left with no message leased go with the next write.
+        for (id, s) in &q.shared {
+            if s.outstanding == 0 {
+                self.dirty_shared.insert((q.qid, *id));
+            }
+        }
         self.names.insert(q.qid, q.name.clone());
         self.queues.insert(q.name.clone(), q);
         Ok(())
@@ -318,7 +343,56 @@ impl Engine {
                     deadline_ms: deadline,
                     epoch: state.receive_count,
                     group,
-                    state_stored: stored.is_some(),
+                    entry: if stored.is_some() {
+                        LeaseEntry::Own
+                    } else {
+                        LeaseEntry::Carried
+                    },
+                },
+            );
+        }
+        // Shared lease entries: a listed message is still leased under one unless its
+        // record is gone (acked) or it has a state record (the entry is rewritten when a
+        // message leaves it otherwise; this is a second guard).
+        let shared_prefix = codec::index_key(qid, kind::SHARED_LEASE, &[]);
+        for (key, value) in self.ks.index.range(
+            &shared_prefix,
+            &codec::prefix_end(&shared_prefix),
+            usize::MAX,
+        )? {
+            let deadline = codec::u64_at(&key, 9)?;
+            let id = codec::u64_at(&key, 17)?;
+            let mut stored = codec::SharedLease::decode(&value)?;
+            let mut leased = Vec::with_capacity(stored.seqs.len());
+            for &seq in &stored.seqs {
+                let key = codec::msg_key(qid, seq);
+                if q.leases.get(seq).is_none()
+                    && self.ks.msg.get(&key)?.is_some()
+                    && self.ks.state.get(&key)?.is_none()
+                {
+                    leased.push(seq);
+                }
+            }
+            for &seq in &leased {
+                q.leases.insert(
+                    seq,
+                    Lease {
+                        deadline_ms: deadline,
+                        epoch: 1,
+                        group: None,
+                        entry: LeaseEntry::Shared(id),
+                    },
+                );
+            }
+            let outstanding = leased.len();
+            stored.seqs = leased;
+            q.shared.insert(
+                id,
+                Shared {
+                    deadline_ms: deadline,
+                    stored,
+                    outstanding,
+                    released: false,
                 },
             );
         }
@@ -372,20 +446,58 @@ impl Engine {
     }
 
     fn read_state(&self, qid: u64, seq: u64) -> Result<MessageState> {
+        let q = self.names.get(&qid).and_then(|n| self.queues.get(n));
+        let lease = q.and_then(|q| q.leases.get(seq));
+        // A first delivery keeps its state in its lease entry, shared or its own.
+        if let (Some(q), Some(lease)) = (q, lease)
+            && let LeaseEntry::Shared(id) = lease.entry
+        {
+            let received = q.shared.get(&id).ok_or(Corrupt {
+                what: "shared lease (missing)",
+            })?;
+            return Ok(MessageState {
+                receive_count: 1,
+                first_receive_ms: received.stored.received_ms,
+                visible_at: received.stored.received_ms,
+                location: Location::Leased(lease.deadline_ms),
+            });
+        }
         if let Some(v) = self.ks.state.get(&codec::msg_key(qid, seq))? {
             return Ok(MessageState::decode(&v)?);
         }
-        // A subscription's event on its first delivery keeps its state in the lease entry.
-        let lease = self
-            .names
-            .get(&qid)
-            .and_then(|n| self.queues.get(n))
-            .and_then(|q| q.leases.get(seq))
-            .filter(|l| !l.state_stored)
+        let lease = lease
+            .filter(|l| l.entry == LeaseEntry::Carried)
             .ok_or(Corrupt {
                 what: "message state (missing)",
             })?;
         self.lease_state(qid, seq, lease.deadline_ms)
+    }
+
+    /// Takes `seq` out of the lease entry of its lease `lease` in the batch being built (the
+    /// caller takes it out of the lease table or changes its entry before the batch is
+    /// written); `acked`: its record is deleted in the same batch.
+    fn drop_lease_entry(
+        &mut self,
+        batch: &mut Batch,
+        qid: u64,
+        seq: u64,
+        lease: &Lease,
+        acked: bool,
+    ) {
+        match lease.entry {
+            LeaseEntry::Own | LeaseEntry::Carried => batch.delete(
+                &self.ks.index,
+                codec::lease_key(qid, lease.deadline_ms, seq),
+            ),
+            LeaseEntry::Shared(id) => {
+                let q = self.names.get(&qid).and_then(|n| self.queues.get_mut(n));
+                if let Some(s) = q.and_then(|q| q.shared.get_mut(&id)) {
+                    s.outstanding = s.outstanding.saturating_sub(1);
+                    s.released |= !acked;
+                    self.dirty_shared.insert((qid, id));
+                }
+            }
+        }
     }
 
     /// The state of a first delivery kept in its lease entry, whose value is the receive
@@ -505,6 +617,28 @@ impl Engine {
     /// Writes the batch with every dirty queue's and topic's counters and, if it moved, the
     /// message sequence counter.
     fn write(&mut self, mut batch: Batch) -> Result<Ticket> {
+        for (qid, id) in self.dirty_shared.drain() {
+            let Some(q) = self.names.get(&qid).and_then(|n| self.queues.get_mut(n)) else {
+                continue;
+            };
+            let Some(s) = q.shared.get_mut(&id) else {
+                continue;
+            };
+            let key = codec::shared_lease_key(qid, s.deadline_ms, id);
+            if s.outstanding == 0 {
+                batch.delete(&self.ks.index, key);
+                q.shared.remove(&id);
+            } else if s.released {
+                let leases = &q.leases;
+                s.stored.seqs.retain(|seq| {
+                    leases
+                        .get(*seq)
+                        .is_some_and(|l| l.entry == LeaseEntry::Shared(id))
+                });
+                s.released = false;
+                batch.put(&self.ks.index, key, s.stored.encode());
+            }
+        }
         for qid in self.dirty.drain() {
             if let Some(q) = self.names.get(&qid).and_then(|n| self.queues.get(n)) {
                 batch.put(&self.ks.meta, counters_key(qid), q.counters.encode());
@@ -918,9 +1052,12 @@ impl Engine {
         if fifo && q.source.is_some() {
             self.pump_fifo(name, now)?;
         }
+        let owns_records = self.queue(name)?.source.is_none();
         let mut batch = self.store.batch();
         let mut out = Vec::new();
         let mut removed: HashSet<u64> = HashSet::new();
+        let mut shared_id = None;
+        let mut shared_seqs = Vec::new();
         while out.len() < max {
             let q = self.queue_mut(name)?;
             if q.leases.len() >= in_flight_max {
@@ -1012,21 +1149,29 @@ impl Engine {
             }
             let deadline = now + lease_ms;
             state.location = Location::Leased(deadline);
-            if fresh {
-                // The lease entry carries the state (receive count 1, received now).
-                batch.put(
-                    &self.ks.index,
-                    codec::lease_key(qid, deadline, seq),
-                    now.to_le_bytes().to_vec(),
-                );
-            } else {
+            let entry = if !fresh {
                 batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
                 batch.put(
                     &self.ks.index,
                     codec::lease_key(qid, deadline, seq),
                     Vec::new(),
                 );
-            }
+                LeaseEntry::Own
+            } else if owns_records && !fifo {
+                // Listed in this receive's shared lease entry, which carries the state
+                // (receive count 1, received now).
+                let id = *shared_id.get_or_insert_with(|| take(&mut self.next_seq));
+                shared_seqs.push(seq);
+                LeaseEntry::Shared(id)
+            } else {
+                // The lease entry carries the state.
+                batch.put(
+                    &self.ks.index,
+                    codec::lease_key(qid, deadline, seq),
+                    now.to_le_bytes().to_vec(),
+                );
+                LeaseEntry::Carried
+            };
             let q = self.queue_mut(name)?;
             if !from_log {
                 q.counters.ready -= 1;
@@ -1042,7 +1187,7 @@ impl Engine {
                     deadline_ms: deadline,
                     epoch: state.receive_count,
                     group: group.clone(),
-                    state_stored: !fresh,
+                    entry,
                 },
             );
             self.dirty.insert(qid);
@@ -1070,6 +1215,25 @@ impl Engine {
                 body: record.body,
                 attributes: record.attributes,
             });
+        }
+        if let Some(id) = shared_id {
+            let deadline = now + lease_ms;
+            let stored = codec::SharedLease {
+                received_ms: now,
+                seqs: shared_seqs,
+            };
+            batch.put(
+                &self.ks.index,
+                codec::shared_lease_key(qid, deadline, id),
+                stored.encode(),
+            );
+            let shared = Shared {
+                deadline_ms: deadline,
+                outstanding: stored.seqs.len(),
+                stored,
+                released: false,
+            };
+            self.queue_mut(name)?.shared.insert(id, shared);
         }
         let ticket = self.flush(batch)?;
         Ok((out, ticket))
@@ -1280,11 +1444,8 @@ impl Engine {
             q.counters.leased -= 1;
             q.activity.acked += 1;
             self.dirty.insert(qid);
-            batch.delete(
-                &self.ks.index,
-                codec::lease_key(qid, lease.deadline_ms, seq),
-            );
-            if lease.state_stored {
+            self.drop_lease_entry(batch, qid, seq, &lease, owns_records);
+            if lease.entry == LeaseEntry::Own {
                 batch.delete(&self.ks.state, codec::msg_key(qid, seq));
             }
             if owns_records {
@@ -1415,10 +1576,7 @@ impl Engine {
         }
         let config = q.config.clone();
         self.dirty.insert(qid);
-        batch.delete(
-            &self.ks.index,
-            codec::lease_key(qid, lease.deadline_ms, seq),
-        );
+        self.drop_lease_entry(batch, qid, seq, &lease, false);
         match delivery::release(&config, state.receive_count, cause, now, jitter) {
             Release::Retry { at_ms } => {
                 state.visible_at = at_ms;
@@ -1536,16 +1694,17 @@ impl Engine {
                     continue;
                 }
             };
-            let (old, stored) = self
+            let lease = self
                 .queue(name)?
                 .leases
                 .get(seq)
-                .map(|l| (l.deadline_ms, l.state_stored))
+                .cloned()
                 .ok_or(Error::ReceiptStale)?;
             let mut state = self.read_state(qid, seq)?;
-            self.queue_mut(name)?.leases.extend(seq, deadline);
-            batch.delete(&self.ks.index, codec::lease_key(qid, old, seq));
-            if stored {
+            self.drop_lease_entry(&mut batch, qid, seq, &lease, false);
+            let q = self.queue_mut(name)?;
+            q.leases.extend(seq, deadline);
+            if lease.entry == LeaseEntry::Own {
                 batch.put(
                     &self.ks.index,
                     codec::lease_key(qid, deadline, seq),
@@ -1554,7 +1713,8 @@ impl Engine {
                 state.location = Location::Leased(deadline);
                 batch.put(&self.ks.state, codec::msg_key(qid, seq), state.encode());
             } else {
-                // The state stays in the lease entry, which moves.
+                // The state moves with the lease into an entry of its own.
+                q.leases.set_entry(seq, LeaseEntry::Carried);
                 batch.put(
                     &self.ks.index,
                     codec::lease_key(qid, deadline, seq),
@@ -1640,10 +1800,15 @@ impl Engine {
                 self.queue_mut(name)?.counters.delayed -= 1;
             }
             Location::Leased(deadline) => {
-                batch.delete(&self.ks.index, codec::lease_key(qid, deadline, seq));
                 let q = self.queue_mut(name)?;
                 q.counters.leased -= 1;
-                q.leases.remove(seq);
+                let lease = q.leases.remove(seq).unwrap_or(Lease {
+                    deadline_ms: deadline,
+                    epoch: 0,
+                    group: None,
+                    entry: LeaseEntry::Own,
+                });
+                self.drop_lease_entry(batch, qid, seq, &lease, owns_records);
             }
             Location::Fifo => {
                 self.queue_mut(name)?.counters.ready -= 1;
@@ -1698,6 +1863,7 @@ impl Engine {
         q.ahead_complete = true;
         q.delayed_next_due = None;
         q.leases.clear();
+        q.shared.clear();
         q.groups.clear();
         self.dirty.insert(qid);
         let ticket = self.write(self.store.batch())?;
@@ -1838,7 +2004,7 @@ impl Engine {
 
     /// Writes `batch` (with counters) if anything changed; the ticket covers all writes so far.
     fn flush(&mut self, batch: Batch) -> Result<Ticket> {
-        if batch.is_empty() && self.dirty.is_empty() {
+        if batch.is_empty() && self.dirty.is_empty() && self.dirty_shared.is_empty() {
             Ok(self.store.write(batch)?)
         } else {
             self.write(batch)

@@ -197,7 +197,7 @@ fn lease(deadline_ms: u64, epoch: u32) -> Lease {
         deadline_ms,
         epoch,
         group: None,
-        state_stored: true,
+        entry: LeaseEntry::Own,
     }
 }
 

@@ -715,3 +715,95 @@ async fn purging_a_queue_empties_the_cursor_window_and_new_messages_still_arrive
     f.send("q", &["e"]).await;
     assert_eq!(bodies(&f.receive("q", 10).await), ["e"]);
 }
+
+#[tokio::test]
+async fn a_shared_lease_keeps_each_message_apart_across_restarts() {
+    let mut f = Fixture::new();
+    let config = QueueConfig {
+        backoff: no_backoff(),
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.send("q", &["acked", "nacked", "extended", "left", "acked too"])
+        .await;
+    // One receive: one shared lease entry for all five first deliveries.
+    let got = f.receive("q", 5).await;
+    assert_eq!(got.len(), 5);
+    let one = |i: usize| vec![got[i].receipt.clone()];
+    f.b().ack("q", &one(0)).await.unwrap();
+    let nack = Nack {
+        delay: Some(HumanDuration::ZERO),
+        reason: None,
+    };
+    f.b().nack("q", &one(1), nack).await.unwrap();
+    let extended = f
+        .b()
+        .extend("q", &one(2), HumanDuration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(extended[0].is_ok());
+    f.b().ack("q", &one(4)).await.unwrap();
+    f.reopen();
+    // Acked: gone; released: ready again; extended and untouched: still leased.
+    assert_eq!(f.stats("q"), (1, 2, 0, 0));
+    let again = f.receive("q", 10).await;
+    assert_eq!(bodies(&again), ["nacked"]);
+    assert_eq!(again[0].receive_count, 2);
+    f.b().ack("q", &receipts(&again)).await.unwrap();
+    f.advance(30_000).await;
+    // The untouched lease ends at its deadline, the extended one keeps its own.
+    let expired = f.receive("q", 10).await;
+    assert_eq!(bodies(&expired), ["left"]);
+    assert_eq!(expired[0].receive_count, 2);
+    assert_eq!(expired[0].first_receive_ms, got[3].first_receive_ms);
+    f.reopen();
+    assert_eq!(f.stats("q"), (0, 2, 0, 0));
+    let acked = f.b().ack("q", &[one(2), receipts(&expired)].concat()).await;
+    assert!(acked.unwrap().iter().all(Result::is_ok));
+    f.reopen();
+    assert_eq!(f.stats("q"), (0, 0, 0, 0));
+    f.advance(120_000).await;
+    assert!(f.receive("q", 10).await.is_empty(), "acked means gone");
+}
+
+#[tokio::test]
+async fn a_message_redriven_out_of_a_shared_lease_is_ready_after_a_restart() {
+    let mut f = Fixture::new();
+    f.queue("dlq", QueueConfig::default()).await;
+    let config = QueueConfig {
+        max_attempts: Some(1),
+        dead_letter_queue: Some(Name::new("dlq").unwrap()),
+        backoff: no_backoff(),
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.send("q", &["poison", "slow"]).await;
+    let got = f.receive("q", 2).await;
+    // `poison` leaves the shared lease for the DLQ and comes back by redrive, under the
+    // same sequence number, while `slow` still holds the shared entry.
+    let nack = Nack {
+        delay: Some(HumanDuration::ZERO),
+        reason: Some("boom".into()),
+    };
+    f.b()
+        .nack("q", &[got[0].receipt.clone()], nack)
+        .await
+        .unwrap();
+    assert_eq!(f.stats("dlq"), (1, 0, 0, 0));
+    assert_eq!(f.b().redrive("q", 10).await.unwrap().moved, 1);
+    f.reopen();
+    assert_eq!(f.stats("q"), (1, 1, 0, 0));
+    // Only `slow` is leased: when the shared lease ends, `slow` alone is released (to the
+    // DLQ, its one attempt spent) and `poison` is not released a second time.
+    f.advance(30_000).await;
+    assert_eq!(f.stats("q"), (1, 0, 0, 1));
+    let back = f.receive("q", 10).await;
+    assert_eq!(bodies(&back), ["poison"]);
+    assert_eq!(back[0].receive_count, 1);
+    assert_eq!(back[0].id, got[0].id);
+    f.b().ack("q", &receipts(&back)).await.unwrap();
+    f.reopen();
+    assert_eq!(f.stats("q"), (0, 0, 0, 1));
+    assert!(f.receive("q", 10).await.is_empty());
+    assert_eq!(bodies(&f.receive("dlq", 10).await), ["slow"]);
+}
