@@ -39,6 +39,9 @@ const WINDOW_MAX: usize = 4_096;
 const AHEAD_BYTES_MAX: usize = 4 << 20;
 /// Records a receive examines ahead of the cursor before it answers with what it found.
 const AHEAD_SCAN_MAX: usize = 4 * WINDOW_MAX;
+/// Messages listed in one shared lease entry of a subscription, whose entries are rewritten
+/// at every ack (a queue's are not: an ack deletes the message's record, which tells).
+const SHARED_SUBSCRIPTION_MAX: usize = 64;
 /// Entries handled per queue per background tick, per kind of work.
 const TICK_BATCH: usize = 1_000;
 /// Messages removed per batch by purge and delete.
@@ -351,9 +354,11 @@ impl Engine {
                 },
             );
         }
-        // Shared lease entries: a listed message is still leased under one unless its
-        // record is gone (acked) or it has a state record (the entry is rewritten when a
-        // message leaves it otherwise; this is a second guard).
+        // Shared lease entries: a listed message is still leased under one unless it has a
+        // state record (a second guard: an entry is rewritten when a message leaves it
+        // other than by an ack) or, in a queue, its record is gone (acked). A subscription's
+        // entries are rewritten at every ack.
+        let owns_records = q.source.is_none();
         let shared_prefix = codec::index_key(qid, kind::SHARED_LEASE, &[]);
         for (key, value) in self.ks.index.range(
             &shared_prefix,
@@ -367,7 +372,7 @@ impl Engine {
             for &seq in &stored.seqs {
                 let key = codec::msg_key(qid, seq);
                 if q.leases.get(seq).is_none()
-                    && self.ks.msg.get(&key)?.is_some()
+                    && (!owns_records || self.ks.msg.get(&key)?.is_some())
                     && self.ks.state.get(&key)?.is_none()
                 {
                     leased.push(seq);
@@ -1056,8 +1061,7 @@ impl Engine {
         let mut batch = self.store.batch();
         let mut out = Vec::new();
         let mut removed: HashSet<u64> = HashSet::new();
-        let mut shared_id = None;
-        let mut shared_seqs = Vec::new();
+        let mut shared: Vec<(u64, Vec<u64>)> = Vec::new();
         while out.len() < max {
             let q = self.queue_mut(name)?;
             if q.leases.len() >= in_flight_max {
@@ -1157,20 +1161,19 @@ impl Engine {
                     Vec::new(),
                 );
                 LeaseEntry::Own
-            } else if owns_records && !fifo {
-                // Listed in this receive's shared lease entry, which carries the state
-                // (receive count 1, received now).
-                let id = *shared_id.get_or_insert_with(|| take(&mut self.next_seq));
-                shared_seqs.push(seq);
-                LeaseEntry::Shared(id)
             } else {
-                // The lease entry carries the state.
-                batch.put(
-                    &self.ks.index,
-                    codec::lease_key(qid, deadline, seq),
-                    now.to_le_bytes().to_vec(),
-                );
-                LeaseEntry::Carried
+                // Listed in one of this receive's shared lease entries, which carry the
+                // state (receive count 1, received now).
+                let chunk_max = if owns_records {
+                    usize::MAX
+                } else {
+                    SHARED_SUBSCRIPTION_MAX
+                };
+                match shared.last_mut() {
+                    Some((_, seqs)) if seqs.len() < chunk_max => seqs.push(seq),
+                    _ => shared.push((take(&mut self.next_seq), vec![seq])),
+                }
+                LeaseEntry::Shared(shared.last().expect("just pushed").0)
             };
             let q = self.queue_mut(name)?;
             if !from_log {
@@ -1216,11 +1219,11 @@ impl Engine {
                 attributes: record.attributes,
             });
         }
-        if let Some(id) = shared_id {
+        for (id, seqs) in shared {
             let deadline = now + lease_ms;
             let stored = codec::SharedLease {
                 received_ms: now,
-                seqs: shared_seqs,
+                seqs,
             };
             batch.put(
                 &self.ks.index,

@@ -986,6 +986,7 @@ impl Engine {
         q.window_scan_next = 0;
         q.delayed_next_due = None;
         q.leases.clear();
+        q.shared.clear();
         q.groups.clear();
         self.dirty.insert(qid);
         Ok((total, self.write(self.store.batch())?))

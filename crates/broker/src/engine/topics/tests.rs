@@ -625,3 +625,60 @@ async fn first_delivery_leases_keep_their_state_across_extend_restart_and_expiry
     let info = f.b().get_subscription("t", "s").unwrap();
     assert_eq!((info.stats.leased, info.stats.visible), (0, 0));
 }
+
+#[tokio::test]
+async fn acked_events_of_shared_leases_stay_acked_across_restarts() {
+    let mut f = Fixture::new();
+    f.topic("t", TopicConfig::default()).await;
+    f.sub(
+        "t",
+        "s",
+        SubscriptionConfig {
+            lease_timeout: HumanDuration::from_secs(10),
+            backoff: no_backoff(),
+            ..SubscriptionConfig::default()
+        },
+    )
+    .await;
+    f.publish_n("t", 0..150, 1).await;
+    let sq = crate::Broker::subscription_queue("t", "s");
+    // One receive, more events than one shared entry lists.
+    let d = f.recv_sub("t", "s", 150).await;
+    assert_eq!(d.len(), 150);
+    // Acks one at a time and in runs, across the entries; a nack in between.
+    for m in d.iter().step_by(3) {
+        f.ack_sub("t", "s", std::slice::from_ref(m)).await;
+    }
+    let run: Vec<Delivery> = (100..110)
+        .filter(|i| i % 3 != 0)
+        .map(|i| d[i].clone())
+        .collect();
+    f.ack_sub("t", "s", &run).await;
+    let nack = Nack {
+        delay: Some(HumanDuration::from_secs(60)),
+        reason: None,
+    };
+    f.b().nack(&sq, &receipts(&d[1..2]), nack).await.unwrap();
+    let acked: std::collections::HashSet<u64> = (0..150)
+        .filter(|i| i % 3 == 0 || (100..110).contains(i))
+        .collect();
+    let leased = 150 - acked.len() as u64 - 1;
+    f.reopen();
+    let info = f.b().get_subscription("t", "s").unwrap();
+    assert_eq!(
+        (info.stats.leased, info.stats.visible, info.stats.delayed),
+        (leased, 0, 1)
+    );
+    assert!(f.recv_sub("t", "s", 1000).await.is_empty());
+    // When the leases end, exactly the unacked events come back, once each.
+    f.advance(10_000).await;
+    let back = f.drain("t", "s").await;
+    let want: Vec<u64> = (0..150).filter(|i| !acked.contains(i) && *i != 1).collect();
+    assert_eq!(back, want);
+    f.reopen();
+    f.advance(60_000).await;
+    assert_eq!(f.drain("t", "s").await, vec![1]);
+    f.reopen();
+    f.advance(60_000).await;
+    assert!(f.recv_sub("t", "s", 1000).await.is_empty());
+}
