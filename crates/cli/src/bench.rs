@@ -34,7 +34,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_types::HumanDuration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::client::{ClientArgs, Output};
 
@@ -266,28 +266,62 @@ fn ack_body(receipts: &[&str]) -> String {
     s
 }
 
-/// Receives and acks on `queue` (a queue's or subscription's API path) until `target`
-/// messages are acked in total; calls `on_body` for each queue message.
+/// What a group of consumers has acked towards its target; `done` turns true when the
+/// target is reached, which ends every consumer of the group at once.
+struct Tally {
+    acked: AtomicUsize,
+    target: usize,
+    done: watch::Sender<bool>,
+}
+
+impl Tally {
+    fn new(target: usize) -> Arc<Self> {
+        Arc::new(Self {
+            acked: AtomicUsize::new(0),
+            target,
+            done: watch::channel(target == 0).0,
+        })
+    }
+
+    fn add(&self, n: usize) {
+        if self.acked.fetch_add(n, Ordering::AcqRel) + n >= self.target {
+            self.done.send_replace(true);
+        }
+    }
+}
+
+/// Receives and acks on `queue` (a queue's or subscription's API path) until the group's
+/// `tally` reaches its target; calls `on_body` for each queue message.
+///
+/// Like the NATS consumers, which ack without waiting, a consumer sends each ack without
+/// waiting for its answer before it receives again; it keeps one ack in flight (the one
+/// before is confirmed first) and returns once its last ack is confirmed. A long poll
+/// still open when the group's target is reached is abandoned, as the NATS consumers stop
+/// pulling then.
 async fn consume(
     http: Arc<Http>,
     queue: String,
     max: usize,
-    acked: Arc<AtomicUsize>,
-    target: usize,
+    tally: Arc<Tally>,
     deadline: Instant,
     on_body: impl Fn(&str),
 ) -> anyhow::Result<()> {
     let receive = format!("{{\"max\":{max},\"wait\":\"1s\"}}");
-    while acked.load(Ordering::Acquire) < target {
+    let mut done = tally.done.subscribe();
+    let mut in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+    let receive_path = format!("{queue}/receive");
+    while !*done.borrow() {
         if Instant::now() > deadline {
             bail!(
-                "consumer gave up: {} of {target} acked",
-                acked.load(Ordering::Acquire)
+                "consumer gave up: {} of {} acked",
+                tally.acked.load(Ordering::Acquire),
+                tally.target
             );
         }
-        let body = http
-            .post(&format!("{queue}/receive"), receive.clone())
-            .await?;
+        let body = tokio::select! {
+            body = http.post(&receive_path, receive.clone()) => body?,
+            _ = done.wait_for(|d| *d) => break,
+        };
         let got: Received = serde_json::from_slice(&body).context("parsing receive")?;
         if got.messages.is_empty() {
             continue;
@@ -296,9 +330,19 @@ async fn consume(
             on_body(body.get());
         }
         let receipts: Vec<&str> = got.messages.iter().map(|m| m.receipt).collect();
-        http.post(&format!("{queue}/ack"), ack_body(&receipts))
-            .await?;
-        acked.fetch_add(receipts.len(), Ordering::AcqRel);
+        let (n, ack) = (receipts.len(), ack_body(&receipts));
+        if let Some(previous) = in_flight.take() {
+            previous.await??;
+        }
+        let (http, path, tally) = (http.clone(), format!("{queue}/ack"), tally.clone());
+        in_flight = Some(tokio::spawn(async move {
+            http.post(&path, ack).await?;
+            tally.add(n);
+            Ok(())
+        }));
+    }
+    if let Some(last) = in_flight {
+        last.await??;
     }
     Ok(())
 }
@@ -360,18 +404,18 @@ async fn consume_all(
     args: &BenchArgs,
     total: usize,
 ) -> anyhow::Result<()> {
-    let acked = Arc::new(AtomicUsize::new(0));
+    let tally = Tally::new(total);
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut tasks = Vec::new();
     for _ in 0..args.consumers {
-        let (http, acked, queue, max) = (
+        let (http, tally, queue, max) = (
             http.clone(),
-            acked.clone(),
+            tally.clone(),
             format!("/v1/queues/{queue}"),
             args.batch,
         );
         tasks.push(tokio::spawn(async move {
-            consume(http, queue, max, acked, total, deadline, |_| {}).await
+            consume(http, queue, max, tally, deadline, |_| {}).await
         }));
     }
     for t in tasks {
@@ -430,18 +474,18 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
     http.put(&format!("/v1/queues/{queue}"), json!({})).await?;
     let (total, pad, latencies) = w2_schedule(args)?;
     let origin = latencies.origin;
-    let acked = Arc::new(AtomicUsize::new(0));
+    let tally = Tally::new(total);
     let deadline = origin + args.duration.to_std() + Duration::from_secs(60);
     let mut consumers = Vec::new();
     for _ in 0..args.consumers {
-        let (http, acked, queue, latencies) = (
+        let (http, tally, queue, latencies) = (
             http.clone(),
-            acked.clone(),
+            tally.clone(),
             format!("/v1/queues/{queue}"),
             latencies.clone(),
         );
         consumers.push(tokio::spawn(async move {
-            consume(http, queue, 100, acked, total, deadline, move |body| {
+            consume(http, queue, 100, tally, deadline, move |body| {
                 latencies.record(body.as_bytes())
             })
             .await
@@ -637,8 +681,7 @@ async fn consume_subscriptions(
         let (http, max) = (http.clone(), args.batch);
         let path = format!("/v1/topics/{topic}/subscriptions/s{s}");
         tasks.push(tokio::spawn(async move {
-            let acked = Arc::new(AtomicUsize::new(0));
-            consume(http, path, max, acked, per_sub, deadline, |_| {}).await
+            consume(http, path, max, Tally::new(per_sub), deadline, |_| {}).await
         }));
     }
     for t in tasks {

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{
-    BenchArgs, W1, W2, W3, W3_SUBSCRIPTIONS, padding, rate, send_paced, w2_schedule, w3_event,
+    BenchArgs, Tally, W1, W2, W3, W3_SUBSCRIPTIONS, padding, rate, send_paced, w2_schedule,
+    w3_event,
 };
 
 /// A NATS server to measure.
@@ -143,7 +144,7 @@ impl Nats {
         batch: usize,
         on_message: impl Fn(&[u8]) + Send + Sync + 'static,
     ) -> anyhow::Result<()> {
-        let acked = Arc::new(AtomicUsize::new(0));
+        let tally = Tally::new(target);
         let on_message = Arc::new(on_message);
         let deadline = Instant::now() + Duration::from_secs(600);
         let mut tasks = Vec::new();
@@ -155,7 +156,7 @@ impl Nats {
                 .get_consumer(name)
                 .await
                 .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))?;
-            let (acked, on_message) = (acked.clone(), on_message.clone());
+            let (tally, on_message) = (tally.clone(), on_message.clone());
             tasks.push(tokio::spawn(async move {
                 let mut messages = consumer
                     .stream()
@@ -164,17 +165,18 @@ impl Nats {
                     .await
                     .context("pulling")?;
                 let mut last = None;
-                while acked.load(Ordering::Acquire) < target {
+                // Ends as soon as the consumers have the target between them.
+                let mut done = tally.done.subscribe();
+                while !*done.borrow() {
                     if Instant::now() > deadline {
                         bail!(
                             "consumer gave up: {} of {target} acked",
-                            acked.load(Ordering::Acquire)
+                            tally.acked.load(Ordering::Acquire)
                         );
                     }
-                    let Ok(next) =
-                        tokio::time::timeout(Duration::from_millis(50), messages.next()).await
-                    else {
-                        continue;
+                    let next = tokio::select! {
+                        next = messages.next() => next,
+                        _ = done.wait_for(|d| *d) => break,
                     };
                     let m = next
                         .context("the pull stream ended")?
@@ -183,7 +185,7 @@ impl Nats {
                     if let Some(previous) = last.replace(m) {
                         ack(&previous).await?;
                     }
-                    acked.fetch_add(1, Ordering::AcqRel);
+                    tally.add(1);
                 }
                 if let Some(m) = last {
                     m.double_ack()
