@@ -489,8 +489,11 @@ impl Broker {
         }
         let now = self.now();
         let (outcomes, ticket, notify) = self.lock().send(queue, messages, now)?;
-        self.shared.store.durable(ticket).await?;
+        // Waiting receivers are woken as soon as the messages are written: a lease written
+        // after them is durable only once they are (the journal is in order), and a
+        // receive answers only then, so its fsync can be the one this send waits for.
         notify.notify_waiters();
+        self.shared.store.durable(ticket).await?;
         Ok(outcomes)
     }
 
