@@ -251,8 +251,9 @@ fn padding(size: usize) -> String {
     "x".repeat(size.saturating_sub(2))
 }
 
-fn ack_body(receipts: &[&str]) -> String {
-    let mut s = String::with_capacity(16 + receipts.len() * 43);
+/// An ack's body naming `receipts`, with `rest` (further fields, each after a comma).
+fn receipts_body(receipts: &[&str], rest: &str) -> String {
+    let mut s = String::with_capacity(16 + receipts.len() * 43 + rest.len());
     s.push_str("{\"receipts\":[");
     for (i, r) in receipts.iter().enumerate() {
         if i > 0 {
@@ -262,7 +263,9 @@ fn ack_body(receipts: &[&str]) -> String {
         s.push_str(r);
         s.push('"');
     }
-    s.push_str("]}");
+    s.push(']');
+    s.push_str(rest);
+    s.push('}');
     s
 }
 
@@ -297,7 +300,8 @@ impl Tally {
 /// waiting for its answer before it receives again; it keeps one ack in flight (the one
 /// before is confirmed first) and returns once its last ack is confirmed. A long poll
 /// still open when the group's target is reached is abandoned, as the NATS consumers stop
-/// pulling then.
+/// pulling then: the poll is left to finish on its own, and whatever it still gets is
+/// handed back at once (nacked without delay) for whoever receives next.
 async fn consume(
     http: Arc<Http>,
     queue: String,
@@ -318,9 +322,24 @@ async fn consume(
                 tally.target
             );
         }
+        let mut receiving = tokio::spawn({
+            let (http, path, body) = (http.clone(), receive_path.clone(), receive.clone());
+            async move { http.post(&path, body).await }
+        });
         let body = tokio::select! {
-            body = http.post(&receive_path, receive.clone()) => body?,
-            _ = done.wait_for(|d| *d) => break,
+            body = &mut receiving => body??,
+            _ = done.wait_for(|d| *d) => {
+                let (http, path) = (http.clone(), format!("{queue}/nack"));
+                tokio::spawn(async move {
+                    let Ok(Ok(body)) = receiving.await else { return };
+                    let Ok(got) = serde_json::from_slice::<Received>(&body) else { return };
+                    if !got.messages.is_empty() {
+                        let receipts: Vec<&str> = got.messages.iter().map(|m| m.receipt).collect();
+                        let _ = http.post(&path, receipts_body(&receipts, ",\"delay\":\"0s\"")).await;
+                    }
+                });
+                break;
+            }
         };
         let got: Received = serde_json::from_slice(&body).context("parsing receive")?;
         if got.messages.is_empty() {
@@ -330,7 +349,7 @@ async fn consume(
             on_body(body.get());
         }
         let receipts: Vec<&str> = got.messages.iter().map(|m| m.receipt).collect();
-        let (n, ack) = (receipts.len(), ack_body(&receipts));
+        let (n, ack) = (receipts.len(), receipts_body(&receipts, ""));
         if let Some(previous) = in_flight.take() {
             previous.await??;
         }
