@@ -73,6 +73,17 @@ impl Fixture {
         assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     }
 
+    /// Topic `t` with subscription `s`: 10 s leases, retries without backoff.
+    async fn short_lease_subscription(&self) {
+        self.topic("t", TopicConfig::default()).await;
+        let config = SubscriptionConfig {
+            lease_timeout: HumanDuration::from_secs(10),
+            backoff: no_backoff(),
+            ..SubscriptionConfig::default()
+        };
+        self.sub("t", "s", config).await;
+    }
+
     /// Receives and acks everything the subscription has now; returns `data.n` in order.
     async fn drain(&self, t: &str, s: &str) -> Vec<u64> {
         let mut out = Vec::new();
@@ -579,17 +590,7 @@ async fn bad_subscriptions_and_unknown_names_are_refused() {
 #[tokio::test]
 async fn first_delivery_leases_keep_their_state_across_extend_restart_and_expiry() {
     let mut f = Fixture::new();
-    f.topic("t", TopicConfig::default()).await;
-    f.sub(
-        "t",
-        "s",
-        SubscriptionConfig {
-            lease_timeout: HumanDuration::from_secs(10),
-            backoff: no_backoff(),
-            ..SubscriptionConfig::default()
-        },
-    )
-    .await;
+    f.short_lease_subscription().await;
     f.publish_n("t", 0..3, 1).await;
     let sq = crate::Broker::subscription_queue("t", "s");
     let d = f.recv_sub("t", "s", 3).await;
@@ -629,17 +630,7 @@ async fn first_delivery_leases_keep_their_state_across_extend_restart_and_expiry
 #[tokio::test]
 async fn acked_events_of_shared_leases_stay_acked_across_restarts() {
     let mut f = Fixture::new();
-    f.topic("t", TopicConfig::default()).await;
-    f.sub(
-        "t",
-        "s",
-        SubscriptionConfig {
-            lease_timeout: HumanDuration::from_secs(10),
-            backoff: no_backoff(),
-            ..SubscriptionConfig::default()
-        },
-    )
-    .await;
+    f.short_lease_subscription().await;
     f.publish_n("t", 0..150, 1).await;
     let sq = crate::Broker::subscription_queue("t", "s");
     // One receive, more events than one shared entry lists.
