@@ -24,8 +24,8 @@ pub mod kind {
     /// Leases: `deadline, seq -> ()`, or the first receive time when the entry carries
     /// the state of a first delivery.
     pub const LEASE: u8 = b'L';
-    /// Leases shared by the first deliveries of one receive from a standard queue:
-    /// `deadline, id -> receive time, seqs` ([`SharedLease`]).
+    /// Leases shared by the first deliveries of one receive (from a standard queue or
+    /// subscription): `deadline, id -> receive time, seqs` ([`SharedLease`]).
     pub const SHARED_LEASE: u8 = b'S';
     /// FIFO group members: `group, seq -> ()`.
     pub const FIFO: u8 = b'F';
@@ -90,7 +90,7 @@ pub fn delayed_key(qid: u64, due: u64, seq: u64) -> Vec<u8> {
     )
 }
 
-/// Lease-index key of message `seq`, leased until `deadline`.
+/// Key of shared lease entry `id`, whose messages are leased until `deadline`.
 pub fn shared_lease_key(qid: u64, deadline: u64, id: u64) -> Vec<u8> {
     index_key(
         qid,
@@ -100,7 +100,8 @@ pub fn shared_lease_key(qid: u64, deadline: u64, id: u64) -> Vec<u8> {
 }
 
 /// The value of a shared lease entry: when its messages were received (their first
-/// delivery), and which they are. A listed message whose record is gone was acked.
+/// delivery), and which they are. A queue's entry may still list messages since acked
+/// (their records are gone); a subscription's lists exactly those still leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedLease {
     pub received_ms: u64,
@@ -128,6 +129,7 @@ impl SharedLease {
     }
 }
 
+/// Lease-index key of message `seq`, leased until `deadline`.
 pub fn lease_key(qid: u64, deadline: u64, seq: u64) -> Vec<u8> {
     index_key(
         qid,

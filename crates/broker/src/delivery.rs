@@ -137,11 +137,11 @@ pub enum LeaseEntry {
     /// A lease entry of its own, and the message's state record.
     Own,
     /// A lease entry of its own that carries the state of a first delivery (no state
-    /// record): a subscription's event, or a queue message whose first lease was extended.
+    /// record): a first lease that was extended, or one stored before shared entries.
     Carried,
-    /// Listed, with every other first delivery of the same receive, in one shared lease
-    /// entry (this id) that carries their state: a standard queue's messages, whose acks
-    /// delete their records, which tells the entry's stale members apart.
+    /// Listed, with other first deliveries of the same receive, in one shared lease entry
+    /// (this id) that carries their state. A queue's acks delete the messages' records,
+    /// which tells the entry's stale members apart; a subscription's rewrite the entry.
     Shared(u64),
 }
 

@@ -10,8 +10,10 @@
 //! (`Counters::cursor`), which walks the queue's own records in sequence order: such a
 //! message costs no index entry and no state record until its first lease. Messages that
 //! become ready again (released, promoted from delay, moved in behind the cursor) go
-//! through the ready index, which receives drain first.
+//! through the ready index; a receive takes from the two in the order they were enqueued.
+//! The first deliveries of one receive share one lease entry (`LeaseEntry::Shared`).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -85,8 +87,8 @@ struct Shared {
     stored: codec::SharedLease,
     /// Messages still leased under it.
     outstanding: usize,
-    /// A message left it other than by an ack (released, extended, removed): the stored
-    /// list must drop it, since its record stays.
+    /// A message left it in a way that keeps its record (anything but a queue's ack): the
+    /// stored list must drop it.
     released: bool,
 }
 
@@ -162,6 +164,27 @@ impl QueueState {
             created_ms: self.created_ms,
             config: self.config.clone(),
         }
+    }
+
+    /// Appends `seq` to the cursor window, with its record while the window's byte budget
+    /// allows.
+    fn hold_ahead(&mut self, seq: u64, record: Cow<'_, MessageRecord>) {
+        let size = record_size(&record);
+        let keep = self.ahead_bytes + size <= AHEAD_BYTES_MAX;
+        if keep {
+            self.ahead_bytes += size;
+        }
+        self.ahead
+            .push_back((seq, keep.then(|| record.into_owned())));
+    }
+
+    /// Takes entry `i` out of the cursor window.
+    fn release_ahead(&mut self, i: usize) -> Option<(u64, Option<MessageRecord>)> {
+        let entry = self.ahead.remove(i)?;
+        if let Some(r) = &entry.1 {
+            self.ahead_bytes -= record_size(r);
+        }
+        Some(entry)
     }
 
     fn lease_ms(&self, lease_timeout: Option<HumanDuration>) -> u64 {
@@ -903,8 +926,7 @@ impl Engine {
                     continue;
                 }
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = take(&mut self.next_seq);
             if let Some(id) = &m.dedup_id {
                 let expires = now + config.dedup_window.as_millis();
                 self.remember_dedup(batch, qid, id.as_bytes(), expires, seq);
@@ -1333,16 +1355,10 @@ impl Engine {
                 let seq = codec::u64_at(k, 8)?;
                 q.ahead_scan_next = seq + 1;
                 let record = MessageRecord::decode(v)?;
-                if record.stateless != Stateless::Cursor {
-                    // Found through its state record or the ready index.
-                    continue;
+                // Others are found through their state record or the ready index.
+                if record.stateless == Stateless::Cursor {
+                    q.hold_ahead(seq, Cow::Owned(record));
                 }
-                let size = record_size(&record);
-                let keep = q.ahead_bytes + size <= AHEAD_BYTES_MAX;
-                if keep {
-                    q.ahead_bytes += size;
-                }
-                q.ahead.push_back((seq, keep.then_some(record)));
             }
             if q.ahead.is_empty() {
                 // Nothing to deliver up to here: the cursor moves past what was examined.
@@ -1355,12 +1371,9 @@ impl Engine {
     /// Takes the message at the cursor and moves the cursor past it.
     fn pop_ahead(&mut self, name: &str) -> Result<Option<Ready>> {
         let q = self.queue_mut(name)?;
-        let Some((seq, record)) = q.ahead.pop_front() else {
+        let Some((seq, record)) = q.release_ahead(0) else {
             return Ok(None);
         };
-        if let Some(r) = &record {
-            q.ahead_bytes -= record_size(r);
-        }
         q.counters.cursor = q.ahead.front().map_or(q.ahead_scan_next, |(s, _)| *s);
         let qid = q.qid;
         self.dirty.insert(qid);
@@ -1668,8 +1681,7 @@ impl Engine {
                 let dlq_seq = if owns_records {
                     seq
                 } else {
-                    self.next_seq += 1;
-                    self.next_seq - 1
+                    take(&mut self.next_seq)
                 };
                 self.insert_message(batch, dlq_qid, dlq_seq, &record, now, 0, 0, now)?;
                 tracing::debug!(queue = name, dead_letter_queue = %dlq_name, reason = reason_code, "message dead-lettered");
@@ -1782,10 +1794,8 @@ impl Engine {
             let q = self.queue_mut(name)?;
             q.counters.ready -= 1;
             // The window is in sequence order; removals are usually at its front.
-            if let Ok(i) = q.ahead.binary_search_by_key(&seq, |(s, _)| *s)
-                && let Some((_, Some(r))) = q.ahead.remove(i)
-            {
-                q.ahead_bytes -= record_size(&r);
+            if let Ok(i) = q.ahead.binary_search_by_key(&seq, |(s, _)| *s) {
+                q.release_ahead(i);
             }
             self.dirty.insert(qid);
             self.release_dead_letter_count(&record)?;
@@ -2157,12 +2167,7 @@ fn take(counter: &mut u64) -> u64 {
 fn push_ahead(q: &mut QueueState, seq: u64, record: &MessageRecord) {
     q.counters.ready += 1;
     if q.ahead_complete && q.ahead.len() < WINDOW_MAX {
-        let size = record_size(record);
-        let keep = q.ahead_bytes + size <= AHEAD_BYTES_MAX;
-        if keep {
-            q.ahead_bytes += size;
-        }
-        q.ahead.push_back((seq, keep.then(|| record.clone())));
+        q.hold_ahead(seq, Cow::Borrowed(record));
         q.ahead_scan_next = seq + 1;
     } else {
         q.ahead_complete = false;

@@ -236,15 +236,7 @@ async fn a_c_function_counts_600_events_by_type_exactly_once() {
         })
         .collect();
     for chunk in events.chunks(200) {
-        let (status, v) = s
-            .call_with(
-                "POST",
-                "/v1/topics/in/events",
-                &[("content-type", "application/cloudevents-batch+json")],
-                serde_json::to_vec(chunk).unwrap(),
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
+        s.publish("in", chunk).await;
     }
     let start = Instant::now();
     let mut counted = Vec::new();
@@ -801,15 +793,7 @@ async fn a_subscription_trigger_pauses_resumes_and_keeps_to_its_rate() {
     let events: Vec<Value> = (0..40)
         .map(|i| json!({"specversion": "1.0", "source": "/test", "type": "tick", "id": format!("e{i}")}))
         .collect();
-    let (status, v) = s
-        .call_with(
-            "POST",
-            "/v1/topics/t/events",
-            &[("content-type", "application/cloudevents-batch+json")],
-            serde_json::to_vec(&events).unwrap(),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
+    s.publish("t", &events).await;
     // Paused: nothing is leased, the events wait in the subscription.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = s.ok("GET", "/v1/triggers/rt", None).await;

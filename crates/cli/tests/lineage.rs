@@ -6,18 +6,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice_testkit::TestServer;
 
-async fn publish(s: &TestServer, topic: &str, event: Value) {
-    let (status, v) = s
-        .call_with(
-            "POST",
-            &format!("/v1/topics/{topic}/events"),
-            &[("content-type", "application/cloudevents+json")],
-            serde_json::to_vec(&event).unwrap(),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-}
-
 async fn events(s: &TestServer, topic: &str) -> Vec<Value> {
     let v = s
         .ok(
@@ -66,10 +54,9 @@ async fn a_function_that_republishes_its_input_is_stopped_at_the_hop_limit() {
         Some(json!({"function": "echo", "source": {"subscription": {"topic": "t", "subscription": "s"}}})),
     )
     .await;
-    publish(
-        &s,
+    s.publish_event(
         "t",
-        json!({"specversion": "1.0", "source": "/test", "type": "seed", "id": "root"}),
+        &json!({"specversion": "1.0", "source": "/test", "type": "seed", "id": "root"}),
     )
     .await;
 
@@ -138,17 +125,12 @@ async fn root_events_get_a_context_and_malformed_context_is_refused() {
     let s = TestServer::start(env!("CARGO_BIN_EXE_sluice"), &[]);
     s.ok("PUT", "/v1/topics/t", Some(json!({}))).await;
     let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    publish(
-        &s,
+    s.publish_event(
         "t",
-        json!({"specversion": "1.0", "source": "/x", "type": "a", "id": "a1"}),
+        &json!({"specversion": "1.0", "source": "/x", "type": "a", "id": "a1"}),
     )
     .await;
-    publish(
-        &s,
-        "t",
-        json!({"specversion": "1.0", "source": "/x", "type": "a", "id": "a2", "traceparent": given, "correlationid": "order-7"}),
-    )
+    s.publish_event("t", &json!({"specversion": "1.0", "source": "/x", "type": "a", "id": "a2", "traceparent": given, "correlationid": "order-7"}))
     .await;
     let all = events(&s, "t").await;
     assert_eq!(all[0]["correlationid"], "a1");
@@ -266,10 +248,9 @@ async fn trace_shows_the_causal_tree_of_a_fan_out_and_a_function_chain() {
         )
         .await;
     }
-    publish(
-        &s,
+    s.publish_event(
         "orders",
-        json!({"specversion": "1.0", "source": "/shop", "type": "order.placed", "id": "order-1"}),
+        &json!({"specversion": "1.0", "source": "/shop", "type": "order.placed", "id": "order-1"}),
     )
     .await;
 

@@ -180,15 +180,7 @@ async fn apply_plans_creates_updates_and_leaves_the_rest_alone() {
                "data": {"total": total}})
     };
     for event in [placed("o1", 20), placed("o2", 500)] {
-        let (status, v) = s
-            .call_with(
-                "POST",
-                "/v1/topics/placed/events",
-                &[("content-type", "application/cloudevents+json")],
-                event.to_string().into_bytes(),
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
+        s.publish_event("placed", &event).await;
     }
     let mut visible = Value::Null;
     for _ in 0..100 {

@@ -138,15 +138,7 @@ async fn metric_values_equal_the_operations_performed() {
     }
     for i in 0..5 {
         let event = json!({"specversion": "1.0", "source": "/t", "type": "order.placed", "id": format!("o-{i}"), "data": {"i": i}});
-        let (status, v) = s
-            .call_with(
-                "POST",
-                "/v1/topics/orders/events",
-                &[("content-type", "application/cloudevents+json")],
-                serde_json::to_vec(&event).unwrap(),
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
+        s.publish_event("orders", &event).await;
     }
     let got = receive(&s, "/v1/topics/orders/subscriptions/audit/receive", 3).await;
     assert_eq!(got.len(), 3);

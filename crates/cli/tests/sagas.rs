@@ -406,15 +406,7 @@ fn reply_to(command: &Value, ty: &str, data: Value) -> Value {
 }
 
 async fn publish_reply(s: &TestServer, reply: &Value) {
-    let (status, v) = s
-        .call_with(
-            "POST",
-            "/v1/topics/sluice.saga.replies/events",
-            &[("content-type", "application/cloudevents+json")],
-            reply.to_string().into_bytes(),
-        )
-        .await;
-    assert!(status < 300, "{v}");
+    s.publish_event("sluice.saga.replies", reply).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,19 +23,6 @@ fn ce(ty: &str, subject: &str, data: Value) -> Value {
     json!({"specversion": "1.0", "source": "/shop", "type": ty, "subject": subject, "data": data})
 }
 
-async fn publish_batch(s: &TestServer, topic: &str, events: &[Value]) -> Value {
-    let (status, out) = s
-        .call_with(
-            "POST",
-            &format!("/v1/topics/{topic}/events"),
-            &[("content-type", "application/cloudevents-batch+json")],
-            serde_json::to_vec(events).unwrap(),
-        )
-        .await;
-    assert_eq!(status, 200, "{out}");
-    out
-}
-
 async fn receive(s: &TestServer, topic: &str, sub: &str, max: usize) -> Vec<Value> {
     let (status, got) = s
         .call(
@@ -98,12 +85,8 @@ async fn publish_in_structured_batch_and_binary_mode_and_read_back() {
         .await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["events"][0], json!({"id": "e-1", "offset": 0}));
-    publish_batch(
-        &s,
-        "orders",
-        &[ce("a", "x", json!(2)), ce("b", "y", json!(3))],
-    )
-    .await;
+    s.publish("orders", &[ce("a", "x", json!(2)), ce("b", "y", json!(3))])
+        .await;
     let binary = [
         ("application/json", b"{\"n\": 4}".to_vec()),
         ("text/plain", b"hello".to_vec()),
@@ -194,7 +177,7 @@ async fn filtered_fan_out_seek_and_dead_letters_over_http() {
             ce(ty, &format!("{region}-{i}"), json!({"n": i}))
         })
         .collect();
-    publish_batch(&s, "orders", &events).await;
+    s.publish("orders", &events).await;
     assert_eq!(
         drain(&s, "orders", "all").await,
         (0..20).collect::<Vec<_>>()
@@ -254,7 +237,7 @@ async fn filtered_fan_out_seek_and_dead_letters_over_http() {
     let later: Vec<Value> = (20..23)
         .map(|i| ce("order.placed", "eu-x", json!({"n": i})))
         .collect();
-    publish_batch(&s, "orders", &later).await;
+    s.publish("orders", &later).await;
     let (_, page) = s
         .call("GET", "/v1/topics/orders/events?from=20", None)
         .await;
@@ -307,9 +290,10 @@ async fn compacted_topic_serves_its_table_by_key() {
                 )
             })
             .collect();
-        publish_batch(&s, "customers", &events).await;
+        s.publish("customers", &events).await;
     }
-    publish_batch(&s, "customers", &[ce("customer.deleted", "c3", json!({}))]).await;
+    s.publish("customers", &[ce("customer.deleted", "c3", json!({}))])
+        .await;
     let (status, got) = s.call("GET", "/v1/topics/customers/table/c1", None).await;
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["entry"]["event"]["data"]["round"], 1);
@@ -390,7 +374,7 @@ async fn sse_clients_resume_after_last_event_id_and_miss_nothing() {
             })
             .collect()
     };
-    publish_batch(&s, "live", &batch(0..5)).await;
+    s.publish("live", &batch(0..5)).await;
     let mut resp = http
         .get(format!("{}/v1/topics/live/stream?from=earliest", s.url()))
         .send()
@@ -404,12 +388,12 @@ async fn sse_clients_resume_after_last_event_id_and_miss_nothing() {
     let first = read_sse(&mut resp, 5).await;
     assert_eq!(first, (0..5).map(|i| (i, i)).collect::<Vec<_>>());
     // Live: an event published now arrives on the open stream.
-    publish_batch(&s, "live", &batch(5..7)).await;
+    s.publish("live", &batch(5..7)).await;
     let live = read_sse(&mut resp, 2).await;
     assert_eq!(live, vec![(5, 5), (6, 6)]);
     drop(resp);
     // Published while disconnected, then resumed after the last id seen.
-    publish_batch(&s, "live", &batch(7..12)).await;
+    s.publish("live", &batch(7..12)).await;
     let mut resp = http
         .get(format!("{}/v1/topics/live/stream", s.url()))
         .header("Last-Event-ID", "6")
@@ -766,16 +750,16 @@ async fn bad_topic_input_gets_its_code_and_loses_nothing() {
         );
     }
     // A batch with one bad event stores the others and reports the bad one.
-    let out = publish_batch(
-        &s,
-        "t",
-        &[
-            ce("ok", "a", json!(1)),
-            json!({"specversion": "1.0", "source": "/s"}),
-            ce("ok", "b", json!(2)),
-        ],
-    )
-    .await;
+    let out = s
+        .publish(
+            "t",
+            &[
+                ce("ok", "a", json!(1)),
+                json!({"specversion": "1.0", "source": "/s"}),
+                ce("ok", "b", json!(2)),
+            ],
+        )
+        .await;
     assert_eq!(out["events"][1], Value::Null);
     assert_eq!(out["failed"][0]["index"], 1);
     assert_eq!(out["failed"][0]["code"], "invalid_event");

@@ -108,6 +108,40 @@ impl Api {
         (status, value)
     }
 
+    /// Publishes `events` to `topic` as one CloudEvents batch; asserts it was taken and
+    /// returns the answer (each event's outcome).
+    pub async fn publish(&self, topic: &str, events: &[Value]) -> Value {
+        self.publish_as(
+            topic,
+            "application/cloudevents-batch+json",
+            serde_json::to_vec(events).expect("JSON"),
+        )
+        .await
+    }
+
+    /// Publishes one structured-mode CloudEvent to `topic`; asserts it was taken.
+    pub async fn publish_event(&self, topic: &str, event: &Value) -> Value {
+        self.publish_as(
+            topic,
+            "application/cloudevents+json",
+            serde_json::to_vec(event).expect("JSON"),
+        )
+        .await
+    }
+
+    async fn publish_as(&self, topic: &str, content_type: &str, body: Vec<u8>) -> Value {
+        let (status, v) = self
+            .call_with(
+                "POST",
+                &format!("/v1/topics/{topic}/events"),
+                &[("content-type", content_type)],
+                body,
+            )
+            .await;
+        assert_eq!(status, 200, "publish to {topic}: {v}");
+        v
+    }
+
     /// Invokes function `name` synchronously with one event carrying `data`; asserts the
     /// call was answered (whatever the invocation's outcome) and returns the result.
     pub async fn invoke(&self, name: &str, data: Value) -> Value {

@@ -1171,8 +1171,7 @@ impl Engine {
                 dead_letter: None,
                 stateless: Stateless::No,
             };
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = super::take(&mut self.next_seq);
             self.insert_message(&mut batch, target_qid, seq, &record, now + delay, 0, 0, now)?;
             let t = self.queue_mut(target)?;
             t.counters.sent_total += 1;
