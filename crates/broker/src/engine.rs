@@ -124,6 +124,9 @@ struct QueueState {
     groups: GroupTable,
     /// No message of this queue has a smaller sequence number.
     retention_hint: u64,
+    /// The smallest sequence number enqueued since the running retention check read the
+    /// queue (`u64::MAX`: none): the check's new hint may not pass it.
+    retention_low: u64,
     housekeeping_next_check: u64,
     notify: Waker,
     /// Subscriptions: the topic log this queue takes its messages from.
@@ -151,6 +154,7 @@ impl QueueState {
             shared: HashMap::new(),
             groups: GroupTable::default(),
             retention_hint: 0,
+            retention_low: u64::MAX,
             housekeeping_next_check: 0,
             notify: Arc::new(Notify::new()),
             source: None,
@@ -1005,6 +1009,7 @@ impl Engine {
         // no state record: the cursor reaches it, or its record carries its ready sequence.
         let unstated = q.source.is_none() && receive_count == 0;
         q.retention_hint = q.retention_hint.min(seq);
+        q.retention_low = q.retention_low.min(seq);
         let (location, stateless) = if q.config.fifo {
             let group = record.group.as_deref().unwrap_or("");
             batch.put(&self.ks.index, codec::fifo_key(qid, group, seq), Vec::new());
@@ -1963,13 +1968,14 @@ impl Engine {
 
     // ---- background work ----
 
-    pub(crate) fn tick(&mut self, now: u64) -> Result<(Ticket, Vec<Waker>)> {
+    pub(crate) fn tick(&mut self, now: u64) -> Result<(Ticket, Vec<Waker>, Vec<RetentionCheck>)> {
         // Each kind of work writes its own batch: later work reads what earlier work wrote.
         let mut woken = Vec::new();
         let mut ticket = self.flush(self.store.batch())?;
         woken.extend(self.tick_topics(now)?);
         self.tick_streams(now)?;
         let names: Vec<String> = self.queues.keys().cloned().collect();
+        let mut checks = Vec::new();
         for name in names {
             let mut wake = false;
             if let Some(w) = self.pump_subscription(&name, now)? {
@@ -2006,13 +2012,13 @@ impl Engine {
                 wake = true;
             }
             let mut batch = self.store.batch();
-            self.housekeeping(&mut batch, &name, now)?;
+            checks.extend(self.housekeeping(&mut batch, &name, now)?);
             ticket = self.flush(batch)?;
             if wake {
                 woken.push(self.queue(&name)?.notify.clone());
             }
         }
-        Ok((ticket, woken))
+        Ok((ticket, woken, checks))
     }
 
     /// Writes `batch` (with counters) if anything changed; the ticket covers all writes so far.
@@ -2062,57 +2068,71 @@ impl Engine {
         Ok(!keys.is_empty())
     }
 
-    /// Drops messages past retention and forgets expired dedup ids, once a second per queue
-    /// (sooner again while retention still finds expired messages). Dedup lookups check the
-    /// expiry themselves, so forgetting late changes no answer.
-    fn housekeeping(&mut self, batch: &mut Batch, name: &str, now: u64) -> Result<()> {
+    /// Forgets expired dedup ids, once a second per queue; returns the queue's retention
+    /// check when one is due (at the same pace, sooner again while retention still finds
+    /// expired messages). Dedup lookups check the expiry themselves, so forgetting late
+    /// changes no answer.
+    fn housekeeping(
+        &mut self,
+        batch: &mut Batch,
+        name: &str,
+        now: u64,
+    ) -> Result<Option<RetentionCheck>> {
         let q = self.queue_mut(name)?;
         if now < q.housekeeping_next_check {
-            return Ok(());
+            return Ok(None);
         }
         q.housekeeping_next_check = now + HOUSEKEEPING_MS;
-        self.enforce_retention(batch, name, now)?;
-        let qid = self.queue(name)?.qid;
-        self.expire_dedup(batch, qid, now)
+        // A subscription's events are kept, and dropped, by its topic.
+        let check = q.source.is_none().then(|| {
+            q.retention_low = u64::MAX;
+            RetentionCheck {
+                name: name.to_owned(),
+                qid: q.qid,
+                from: q.retention_hint,
+                retention_ms: q.config.retention.as_millis(),
+            }
+        });
+        let qid = q.qid;
+        self.expire_dedup(batch, qid, now)?;
+        Ok(check)
     }
 
-    fn enforce_retention(&mut self, batch: &mut Batch, name: &str, now: u64) -> Result<()> {
-        let q = self.queue(name)?;
-        if q.source.is_some() {
-            // A subscription's events are kept, and dropped, by its topic.
-            return Ok(());
-        }
-        let (qid, retention, hint) = (q.qid, q.config.retention.as_millis(), q.retention_hint);
-        let end = codec::prefix_end(&codec::queue_prefix(qid));
-        let entries = self
-            .ks
-            .msg
-            .range(&codec::msg_key(qid, hint), &end, TICK_BATCH)?;
-        let mut next_hint = None;
+    /// The message keyspace, for reading retention checks without the engine.
+    pub(crate) fn messages(&self) -> Keyspace {
+        self.ks.msg.clone()
+    }
+
+    /// Drops the messages `found` expired that are still there, and moves the queue's
+    /// retention hint up to what the check read, short of anything enqueued since.
+    pub(crate) fn finish_retention(
+        &mut self,
+        check: &RetentionCheck,
+        found: RetentionFound,
+        now: u64,
+    ) -> Result<Ticket> {
+        let mut batch = self.store.batch();
+        let Some(q) = self.queues.get(&check.name).filter(|q| q.qid == check.qid) else {
+            // Deleted (or deleted and made anew) meanwhile.
+            return self.flush(batch);
+        };
+        let (qid, name) = (q.qid, check.name.as_str());
         let mut removed = HashSet::new();
-        for (k, v) in &entries {
-            let seq = codec::u64_at(k, 8)?;
-            let record = MessageRecord::decode(v)?;
-            if !delivery::is_expired(record.sent_ms, retention, now) {
-                next_hint = Some(seq);
-                break;
+        for &seq in &found.expired {
+            // Acked, or removed some other way, since the check read it.
+            if self.read_record(qid, seq)?.is_none() {
+                continue;
             }
-            self.remove_message(batch, name, seq, &mut removed, now)?;
-            let q = self.queue_mut(name)?;
-            q.counters.expired_total += 1;
-            q.housekeeping_next_check = now;
+            self.remove_message(&mut batch, name, seq, &mut removed, now)?;
+            self.queue_mut(name)?.counters.expired_total += 1;
         }
         let q = self.queue_mut(name)?;
-        match next_hint {
-            Some(seq) => q.retention_hint = seq,
-            None if entries.len() < TICK_BATCH => {
-                q.retention_hint = entries.last().map_or(q.retention_hint, |(k, _)| {
-                    codec::u64_at(k, 8).unwrap_or(0) + 1
-                })
-            }
-            None => {}
+        if !found.expired.is_empty() {
+            q.housekeeping_next_check = now;
         }
-        Ok(())
+        q.retention_hint = found.hint.min(q.retention_low);
+        q.retention_low = u64::MAX;
+        self.flush(batch)
     }
 
     /// Forgets expired dedup ids of queue or topic `qid`.
@@ -2132,6 +2152,48 @@ impl Engine {
             batch.delete(&self.ks.index, key.to_vec());
         }
         Ok(())
+    }
+}
+
+/// A queue's retention check: its oldest records, read without the engine lock (the
+/// read walks past whatever was deleted since the last check, which on a busy queue is
+/// every message acked in the meantime).
+pub(crate) struct RetentionCheck {
+    name: String,
+    qid: u64,
+    /// The queue's retention hint when the check was taken.
+    from: u64,
+    retention_ms: u64,
+}
+
+/// What a [`RetentionCheck`] read: records past retention, and the new hint.
+pub(crate) struct RetentionFound {
+    expired: Vec<u64>,
+    hint: u64,
+}
+
+impl RetentionCheck {
+    /// Reads the queue's records from the hint on: those past retention, up to the first
+    /// one that is not (records are appended in the order they are sent), at most
+    /// `TICK_BATCH`. Needs no engine: the engine writes each batch atomically.
+    pub(crate) fn read(&self, messages: &Keyspace, now: u64) -> Result<RetentionFound> {
+        let end = codec::prefix_end(&codec::queue_prefix(self.qid));
+        let entries = messages.range(&codec::msg_key(self.qid, self.from), &end, TICK_BATCH)?;
+        let mut expired = Vec::new();
+        for (k, v) in &entries {
+            let seq = codec::u64_at(k, 8)?;
+            if !delivery::is_expired(MessageRecord::decode(v)?.sent_ms, self.retention_ms, now) {
+                return Ok(RetentionFound { expired, hint: seq });
+            }
+            expired.push(seq);
+        }
+        // All expired: the hint moves past them when the read saw the queue's last record;
+        // otherwise the next check reads on from the first.
+        let hint = match entries.last() {
+            Some((k, _)) if entries.len() < TICK_BATCH => codec::u64_at(k, 8)? + 1,
+            _ => self.from,
+        };
+        Ok(RetentionFound { expired, hint })
     }
 }
 

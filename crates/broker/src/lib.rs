@@ -431,12 +431,35 @@ impl Broker {
     /// drops messages past retention, forgets expired dedup ids.
     pub async fn tick(&self) -> Result<()> {
         let now = self.now();
-        let (ticket, woken) = {
+        let (mut ticket, woken, checks) = {
             let mut engine = self.lock();
             engine.tick(now)?
         };
         for notify in woken {
             notify.notify_waiters();
+        }
+        if !checks.is_empty() {
+            // Retention reads the oldest records of each queue, stepping over every message
+            // deleted since the last check: off the engine lock (and off the runtime's
+            // threads), so that sends and receives do not wait for it.
+            let messages = self.lock().messages();
+            let read = tokio::task::spawn_blocking(move || {
+                let found = checks
+                    .iter()
+                    .map(|c| c.read(&messages, now))
+                    .collect::<Result<Vec<_>>>();
+                (checks, found)
+            });
+            let (checks, found) = match read.await {
+                Ok(read) => read,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // The runtime is shutting down.
+                Err(_) => return Ok(()),
+            };
+            let mut engine = self.lock();
+            for (check, found) in checks.iter().zip(found?) {
+                ticket = engine.finish_retention(check, found, now)?;
+            }
         }
         self.shared.store.durable(ticket).await?;
         Ok(())

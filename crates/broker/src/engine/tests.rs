@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use sluice_store::{Durability, Options as StoreOptions, Store};
-use sluice_types::{HumanDuration, ManualClock, Name};
+use sluice_types::{Clock, HumanDuration, ManualClock, Name};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, Delivery, Error, Nack, NewMessage, Options, QueueConfig, SendOutcome};
@@ -471,6 +471,93 @@ async fn delayed_messages_appear_when_due_and_retention_drops_old_ones() {
     let s = f.b().get_queue("q").unwrap().stats;
     assert_eq!((s.visible, s.leased, s.expired_total), (0, 0, 3), "{s:?}");
     assert_eq!(s.oldest_age_ms, None);
+}
+
+/// Takes the retention checks due now and reads them, as `Broker::tick` does off the
+/// engine lock; the caller then acts "meanwhile" and finishes them.
+fn read_retention_checks(f: &Fixture) -> Vec<(super::RetentionCheck, super::RetentionFound)> {
+    let now = f.clock.now_ms();
+    let (_, _, checks) = f.b().lock().tick(now).unwrap();
+    let messages = f.b().lock().messages();
+    checks
+        .into_iter()
+        .map(|c| {
+            let found = c.read(&messages, now).unwrap();
+            (c, found)
+        })
+        .collect()
+}
+
+fn finish_retention_checks(f: &Fixture, read: Vec<(super::RetentionCheck, super::RetentionFound)>) {
+    let now = f.clock.now_ms();
+    for (check, found) in read {
+        f.b().lock().finish_retention(&check, found, now).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_message_moved_in_under_an_older_number_during_a_retention_check_still_expires() {
+    // Retention reads a queue's oldest records without the engine lock, then moves the
+    // queue's hint up to the first live one it read. A message dead-lettered in meanwhile
+    // keeps its older sequence number: the hint must stay below it.
+    let f = Fixture::new();
+    let retention = HumanDuration::from_secs(60);
+    f.queue(
+        "dlq",
+        QueueConfig {
+            retention,
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    let config = QueueConfig {
+        retention,
+        max_attempts: Some(1),
+        dead_letter_queue: Some(Name::new("dlq").unwrap()),
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.send("q", &["older"]).await;
+    f.send("dlq", &["newer"]).await;
+    let leased = f.receive("q", 1).await;
+    let read = read_retention_checks(&f);
+    let nack = Nack {
+        delay: None,
+        reason: None,
+    };
+    f.b().nack("q", &receipts(&leased), nack).await.unwrap();
+    finish_retention_checks(&f, read);
+    assert_eq!(f.stats("dlq"), (2, 0, 0, 0));
+    f.advance(61_000).await;
+    let dlq = f.b().get_queue("dlq").unwrap().stats;
+    assert_eq!((dlq.visible, dlq.expired_total), (0, 2), "{dlq:?}");
+    assert_eq!(dlq.oldest_age_ms, None);
+}
+
+#[tokio::test]
+async fn a_message_acked_during_a_retention_check_is_acked_not_expired() {
+    let f = Fixture::new();
+    let config = QueueConfig {
+        retention: HumanDuration::from_secs(60),
+        lease_timeout: HumanDuration::from_secs(120),
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.send("q", &["x", "y"]).await;
+    let leased = f.receive("q", 1).await;
+    f.clock.advance(61_000);
+    let read = read_retention_checks(&f);
+    assert_eq!(
+        read[0].1.expired.len(),
+        2,
+        "the read saw both past retention"
+    );
+    f.b().ack("q", &receipts(&leased)).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    finish_retention_checks(&f, read);
+    let s = f.b().get_queue("q").unwrap().stats;
+    assert_eq!((s.visible, s.leased, s.expired_total), (0, 0, 1), "{s:?}");
 }
 
 #[tokio::test]

@@ -267,7 +267,6 @@ pub async fn w2(nats: &Nats, args: &BenchArgs, run: usize) -> anyhow::Result<W2>
     nats.stream(&name, vec![subject.clone()], true).await?;
     nats.consumer(&name, "c", None).await?;
     let (total, pad, latencies) = w2_schedule(args)?;
-    let origin = latencies.origin;
     let consumers = {
         let (nats, name, consumers) = (Nats::new(&nats.url), name.clone(), args.consumers);
         let latencies = latencies.clone();
@@ -280,7 +279,7 @@ pub async fn w2(nats: &Nats, args: &BenchArgs, run: usize) -> anyhow::Result<W2>
     };
     // As for Sluice: each send waits for its acknowledgement.
     let js = nats.context().await?;
-    send_paced(args.rate, total, origin, |t| {
+    send_paced(args.rate, total, &latencies, move |t| {
         let body = Bytes::from(format!("{{\"t\":{t},\"p\":\"{pad}\"}}"));
         let (js, subject) = (js.clone(), subject.clone());
         async move {
