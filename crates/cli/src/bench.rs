@@ -668,37 +668,34 @@ where
 }
 
 /// W2's percentiles from every message's latency (`l`), pacer lag and send
-/// acknowledgement.
+/// acknowledgement (one of each per message: a failed send ends the run before this).
 fn w2_latencies(
     mut l: Vec<u64>,
     mut lag: Vec<u64>,
     mut acked: Vec<u64>,
     total: usize,
 ) -> anyhow::Result<W2> {
-    if l.len() != total {
+    if [&l, &lag, &acked].iter().any(|l| l.len() != total) {
         bail!(
-            "W2 measured {} of {total} deliveries; bodies without a send time?",
-            l.len()
+            "W2 measured {} of {total} deliveries ({} sends started, {} acknowledged); bodies without a send time?",
+            l.len(),
+            lag.len(),
+            acked.len()
         );
     }
     for l in [&mut l, &mut lag, &mut acked] {
         l.sort_unstable();
     }
-    let pct = |l: &[u64], p: f64| {
-        l.get(((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1)
-            .copied()
-            .unwrap_or(0)
-    };
     Ok(W2 {
         sent: total,
-        p50_us: pct(&l, 0.50),
-        p99_us: pct(&l, 0.99),
-        p999_us: pct(&l, 0.999),
+        p50_us: quantile(&l, 0.50),
+        p99_us: quantile(&l, 0.99),
+        p999_us: quantile(&l, 0.999),
         max_us: *l.last().unwrap_or(&0),
-        lag_p50_us: pct(&lag, 0.50),
-        lag_p99_us: pct(&lag, 0.99),
-        acked_p50_us: pct(&acked, 0.50),
-        acked_p99_us: pct(&acked, 0.99),
+        lag_p50_us: quantile(&lag, 0.50),
+        lag_p99_us: quantile(&lag, 0.99),
+        acked_p50_us: quantile(&acked, 0.50),
+        acked_p99_us: quantile(&acked, 0.99),
     })
 }
 
