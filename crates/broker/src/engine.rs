@@ -182,6 +182,22 @@ impl QueueState {
             .push_back((seq, keep.then(|| record.into_owned())));
     }
 
+    /// Standard queues: no live record has a smaller sequence number (`None`: not known
+    /// without reading). A record before the cursor is leased, ready in the index or
+    /// delayed; with none of the last two, it is leased. (Records moved in under an older
+    /// number, by dead-lettering or redrive, are ready in the index.)
+    fn live_floor(&self) -> Option<u64> {
+        if self.source.is_some()
+            || self.config.fifo
+            || self.counters.ready > 0
+            || self.counters.delayed > 0
+        {
+            return None;
+        }
+        let cursor = self.counters.cursor;
+        Some(self.leases.min_seq().map_or(cursor, |seq| seq.min(cursor)))
+    }
+
     /// Takes entry `i` out of the cursor window.
     fn release_ahead(&mut self, i: usize) -> Option<(u64, Option<MessageRecord>)> {
         let entry = self.ahead.remove(i)?;
@@ -2085,6 +2101,11 @@ impl Engine {
         q.housekeeping_next_check = now + HOUSEKEEPING_MS;
         // A subscription's events are kept, and dropped, by its topic.
         let check = q.source.is_none().then(|| {
+            // Past every record acked since the last check, when the queue can tell where
+            // its oldest live record is.
+            if let Some(floor) = q.live_floor() {
+                q.retention_hint = q.retention_hint.max(floor);
+            }
             q.retention_low = u64::MAX;
             RetentionCheck {
                 name: name.to_owned(),

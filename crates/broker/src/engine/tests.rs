@@ -561,6 +561,87 @@ async fn a_message_acked_during_a_retention_check_is_acked_not_expired() {
 }
 
 #[tokio::test]
+async fn retention_checks_start_at_the_oldest_live_message_not_at_acked_ones() {
+    // A busy queue acks thousands of messages between two checks; a read from the last
+    // check's hint would step over each of them.
+    let f = Fixture::new();
+    let config = QueueConfig {
+        retention: HumanDuration::from_secs(60),
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    let check_from = |f: &Fixture| {
+        f.clock.advance(1_000);
+        let read = read_retention_checks(f);
+        let from = read[0].0.from;
+        finish_retention_checks(f, read);
+        from
+    };
+    f.send("q", &["a", "b", "c"]).await;
+    let leased = f.receive("q", 3).await;
+    assert_eq!(check_from(&f), leased[0].seq);
+    f.b().ack("q", &receipts(&leased[..2])).await.unwrap();
+    assert_eq!(check_from(&f), leased[2].seq, "a and b acked, c leased");
+    f.b().ack("q", &receipts(&leased[2..])).await.unwrap();
+    f.send("q", &["d"]).await;
+    let d = f.receive("q", 1).await;
+    f.b().ack("q", &receipts(&d)).await.unwrap();
+    assert!(check_from(&f) > d[0].seq, "everything acked");
+}
+
+#[tokio::test]
+async fn retention_finds_an_old_message_wherever_it_waits_behind_the_cursor() {
+    // The newer message is delivered and acked, moving the cursor past the older one.
+    #[derive(Debug, Clone, Copy)]
+    enum Waits {
+        Leased,
+        ReadyAfterNack,
+        Delayed,
+    }
+    for waits in [Waits::Leased, Waits::ReadyAfterNack, Waits::Delayed] {
+        let f = Fixture::new();
+        let config = QueueConfig {
+            retention: HumanDuration::from_secs(60),
+            lease_timeout: HumanDuration::from_secs(600),
+            ..QueueConfig::default()
+        };
+        f.queue("q", config).await;
+        let old = match waits {
+            Waits::Delayed => NewMessage {
+                delay: Some(HumanDuration::from_secs(600)),
+                ..msg("old")
+            },
+            Waits::Leased | Waits::ReadyAfterNack => msg("old"),
+        };
+        f.b().send("q", vec![old, msg("new")]).await.unwrap();
+        let newer = match waits {
+            Waits::Leased => f.receive("q", 2).await.split_off(1),
+            Waits::ReadyAfterNack => {
+                let old = f.receive("q", 1).await;
+                let nack = Nack {
+                    delay: None,
+                    reason: None,
+                };
+                f.b().nack("q", &receipts(&old), nack).await.unwrap();
+                f.receive("q", 1).await
+            }
+            Waits::Delayed => f.receive("q", 1).await,
+        };
+        assert_eq!(bodies(&newer), ["new"], "{waits:?}");
+        f.b().ack("q", &receipts(&newer)).await.unwrap();
+        f.advance(1_000).await;
+        f.advance(60_000).await;
+        let s = f.b().get_queue("q").unwrap().stats;
+        assert_eq!(
+            (s.visible, s.leased, s.delayed, s.expired_total),
+            (0, 0, 0, 1),
+            "{waits:?}: {s:?}"
+        );
+        assert_eq!(s.oldest_age_ms, None, "{waits:?}");
+    }
+}
+
+#[tokio::test]
 async fn purge_and_delete_remove_everything() {
     let f = Fixture::new();
     f.queue("q", QueueConfig::default()).await;
