@@ -48,6 +48,10 @@ const SHARED_SUBSCRIPTION_MAX: usize = 64;
 const TICK_BATCH: usize = 1_000;
 /// Messages removed per batch by purge and delete.
 const PURGE_CHUNK: usize = 10_000;
+/// Leases a retention check scans, under the engine lock, for a queue's oldest live
+/// message (more, and the check reads from its hint instead, off the lock).
+const FLOOR_LEASES_MAX: usize = 16_384;
+
 /// How often retention and dedup expiry are checked per queue.
 const HOUSEKEEPING_MS: u64 = 1_000;
 
@@ -191,6 +195,7 @@ impl QueueState {
             || self.config.fifo
             || self.counters.ready > 0
             || self.counters.delayed > 0
+            || self.leases.len() > FLOOR_LEASES_MAX
         {
             return None;
         }
@@ -1446,23 +1451,27 @@ impl Engine {
         name: &str,
         receipts: &[String],
         now: u64,
-    ) -> Result<(Vec<ReceiptOutcome>, Ticket, Waker)> {
+    ) -> Result<(Vec<ReceiptOutcome>, Ticket, Option<Waker>)> {
         let mut batch = self.store.batch();
         let (outcomes, notify) = self.ack_into(&mut batch, name, receipts, now)?;
         Ok((outcomes, self.write(batch)?, notify))
     }
 
-    /// [`Self::ack`] into a caller's batch, which the caller writes.
+    /// [`Self::ack`] into a caller's batch, which the caller writes. Returns the queue's
+    /// waker when the acks may let a waiting receive take a message: the next of a FIFO
+    /// group, or one held back by the in-flight limit. (Waking receivers on every ack
+    /// would send each idle one back to the queue for nothing.)
     pub(crate) fn ack_into(
         &mut self,
         batch: &mut Batch,
         name: &str,
         receipts: &[String],
         now: u64,
-    ) -> Result<(Vec<ReceiptOutcome>, Waker)> {
+    ) -> Result<(Vec<ReceiptOutcome>, Option<Waker>)> {
         let (qid, notify) = {
             let q = self.queue(name)?;
-            (q.qid, q.notify.clone())
+            let frees = q.config.fifo || q.leases.len() >= q.config.max_in_flight as usize;
+            (q.qid, frees.then(|| q.notify.clone()))
         };
         let is_dead_letter_queue = self.has_dead_letter_sources(name);
         let owns_records = self.owns_records(qid);

@@ -619,7 +619,9 @@ impl Broker {
         let now = self.now();
         let (outcomes, ticket, notify) = self.lock().ack(queue, receipts, now)?;
         self.shared.store.durable(ticket).await?;
-        notify.notify_waiters();
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
         Ok(outcomes)
     }
 

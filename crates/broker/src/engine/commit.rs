@@ -170,7 +170,7 @@ impl Engine {
         if let Some(q) = &c.input_queue {
             if !c.ack.is_empty() {
                 let (_, w) = self.ack_into(&mut batch, q, &c.ack, now)?;
-                woken.push(w);
+                woken.extend(w);
             }
             for (receipt, reason) in &c.nack {
                 let nack = Nack {

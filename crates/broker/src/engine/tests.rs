@@ -364,6 +364,84 @@ async fn fifo_groups_deliver_in_order_one_lease_each_and_poison_blocks_only_its_
     assert_eq!(bodies(&f.receive("dlq", 10).await), ["a1"]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn acking_a_fifo_head_wakes_a_receive_waiting_for_its_group() {
+    // A waiting receive also looks again every 250 ms on its own; on paused time, one that
+    // the ack did not wake returns only after that.
+    let f = Fixture::new();
+    let config = QueueConfig {
+        fifo: true,
+        ..QueueConfig::default()
+    };
+    f.queue("q", config).await;
+    f.b()
+        .send("q", vec![grouped("a1", "a"), grouped("a2", "a")])
+        .await
+        .unwrap();
+    let first = f.receive("q", 10).await;
+    assert_eq!(bodies(&first), ["a1"]);
+    let b = f.b().clone();
+    let waiting = tokio::spawn(async move {
+        let cancel = CancellationToken::new();
+        let got = b
+            .receive("q", 10, HumanDuration::from_secs(5), None, &cancel)
+            .await
+            .unwrap();
+        (got, tokio::time::Instant::now())
+    });
+    // Let it find nothing and wait.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let acked_at = tokio::time::Instant::now();
+    f.b().ack("q", &receipts(&first)).await.unwrap();
+    let (got, at) = waiting.await.unwrap();
+    assert_eq!(bodies(&got), ["a2"]);
+    assert_eq!(at, acked_at, "woken by the ack, not by its own look again");
+}
+
+#[test]
+fn an_ack_wakes_receivers_only_when_it_can_let_a_message_through() {
+    let cases = [
+        // (fifo, max in flight, leased when acked, wakes)
+        (false, 10, 1, false),
+        (false, 2, 2, true),
+        (true, 10, 1, true),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (fifo, max_in_flight, leased, wakes) in cases {
+        let f = Fixture::new();
+        rt.block_on(async {
+            let config = QueueConfig {
+                fifo,
+                max_in_flight,
+                ..QueueConfig::default()
+            };
+            f.queue("q", config).await;
+            let one = |i: u32| match fifo {
+                true => grouped(&i.to_string(), &i.to_string()),
+                false => msg(&i.to_string()),
+            };
+            f.b()
+                .send("q", (0..leased).map(one).collect())
+                .await
+                .unwrap();
+            let got = f.receive("q", 10).await;
+            assert_eq!(got.len(), leased as usize);
+            let now = f.clock.now_ms();
+            let (_, _, waker) = f.b().lock().ack("q", &receipts(&got[..1]), now).unwrap();
+            assert_eq!(
+                waker.is_some(),
+                wakes,
+                "fifo {fifo}, {leased} of {max_in_flight} in flight"
+            );
+        });
+    }
+}
+
 #[tokio::test]
 async fn fifo_parked_group_waits_for_redrive() {
     let mut f = Fixture::new();
