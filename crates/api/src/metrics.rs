@@ -579,6 +579,12 @@ fn write_store(e: &mut Exposition, m: &BrokerMetrics) {
     );
     e.histogram("sluice_store_sync_duration_seconds", &[], &s.sync_seconds);
     e.family(
+        "sluice_store_write_duration_seconds",
+        Kind::Histogram,
+        "Time each write took to append to the journal and the in-memory tables (long ones wait for the journal or a storage-engine write stall).",
+    );
+    e.histogram("sluice_store_write_duration_seconds", &[], &s.write_seconds);
+    e.family(
         "sluice_store_commit_group_batches",
         Kind::Histogram,
         "Batches made durable by one persist (the group of group commit).",

@@ -307,6 +307,8 @@ async fn metric_values_equal_the_operations_performed() {
     let syncs = get(&m, "sluice_store_syncs_total");
     assert!(batches >= syncs && syncs > 0.0, "{batches} {syncs}");
     assert_eq!(get(&m, "sluice_store_sync_duration_seconds_count"), syncs);
+    // Each write is timed before it is counted, and the count is read first.
+    assert!(get(&m, "sluice_store_write_duration_seconds_count") >= batches);
     assert!(get(&m, "sluice_store_commit_group_batches_sum") <= batches);
     assert!(get(&m, "sluice_process_resident_memory_bytes") > 1e6);
     assert!(get(&m, "sluice_http_connections") >= 1.0);

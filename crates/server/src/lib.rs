@@ -21,6 +21,25 @@ use sluice_types::{SharedClock, SystemClock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Connections the kernel may hold completed for the server before it accepts them (the
+/// kernel caps it at `net.core.somaxconn`). A burst of new clients that overflows it has
+/// its handshakes dropped, and each of them waits a second for the retransmission: a
+/// client that opens a connection per request in flight does that after any pause.
+const LISTEN_BACKLOG: u32 = 4_096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] (the runtime's own bind asks for
+/// 1,024).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As the standard library's bind does: a restarted server can listen again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Server settings; every limit is a named option.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -150,12 +169,10 @@ impl Server {
                 prices: config.prices,
             },
         )?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = bind(config.listen).map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
         Ok(Self {
             config,
             listener,

@@ -9,13 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fjall::{Database, PersistMode};
 use sluice_types::metrics::{COUNT_BUCKETS, Histogram, SECONDS_BUCKETS};
 use tokio::sync::watch;
 
 use crate::{Error, Metrics, Result, Stats};
+
+/// A write that takes this long is logged: every send and receive waited for it.
+const SLOW_WRITE: Duration = Duration::from_millis(100);
 
 /// Identifies a write in journal order; durable once the syncer has persisted up to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,6 +43,9 @@ struct Shared {
     syncs: AtomicU64,
     /// How long each journal persist took.
     sync_seconds: Histogram,
+    /// How long each write took to append (journal and memtables, with any wait for the
+    /// journal or a write stall of the storage engine).
+    write_seconds: Histogram,
     /// Batches each persist made durable: the group in group commit.
     sync_batches: Histogram,
     healthy: AtomicBool,
@@ -61,6 +67,7 @@ impl GroupCommit {
             written: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             sync_seconds: Histogram::new(SECONDS_BUCKETS),
+            write_seconds: Histogram::new(SECONDS_BUCKETS),
             sync_batches: Histogram::new(COUNT_BUCKETS),
             healthy: AtomicBool::new(true),
             wake: Mutex::new(Wake::default()),
@@ -89,7 +96,16 @@ impl GroupCommit {
         if !self.shared.healthy.load(Ordering::Acquire) {
             return Err(self.failure());
         }
+        let started = Instant::now();
         append()?;
+        let took = started.elapsed();
+        self.shared.write_seconds.observe(took.as_secs_f64());
+        if took >= SLOW_WRITE {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                "a store write took long (waiting for the journal, or the storage engine stalled writes while it flushed)"
+            );
+        }
         let ticket = self.shared.written.fetch_add(1, Ordering::AcqRel) + 1;
         if relaxed {
             return Ok(Ticket(0));
@@ -142,6 +158,7 @@ impl GroupCommit {
         Metrics {
             stats: self.stats(),
             sync_seconds: self.shared.sync_seconds.snapshot(),
+            write_seconds: self.shared.write_seconds.snapshot(),
             sync_batches: self.shared.sync_batches.snapshot(),
         }
     }

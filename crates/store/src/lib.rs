@@ -88,6 +88,8 @@ pub struct Metrics {
     pub stats: Stats,
     /// Seconds each journal persist (an fdatasync in strict mode) took.
     pub sync_seconds: sluice_types::metrics::HistogramSnapshot,
+    /// Seconds each write took to append to the journal and the in-memory tables.
+    pub write_seconds: sluice_types::metrics::HistogramSnapshot,
     /// Batches each persist made durable.
     pub sync_batches: sluice_types::metrics::HistogramSnapshot,
 }
