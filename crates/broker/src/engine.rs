@@ -2185,9 +2185,9 @@ impl Engine {
     }
 }
 
-/// A queue's retention check: its oldest records, read without the engine lock (the
-/// read walks past whatever was deleted since the last check, which on a busy queue is
-/// every message acked in the meantime).
+/// A queue's retention check: its oldest records, read without the engine lock (unless
+/// the check starts at the queue's oldest live message, the read walks past whatever was
+/// deleted since the last check, which on a busy queue is every message acked since).
 pub(crate) struct RetentionCheck {
     name: String,
     qid: u64,

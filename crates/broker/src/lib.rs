@@ -440,8 +440,9 @@ impl Broker {
         }
         if !checks.is_empty() {
             // Retention reads the oldest records of each queue, stepping over every message
-            // deleted since the last check: off the engine lock (and off the runtime's
-            // threads), so that sends and receives do not wait for it.
+            // deleted since the last check where the queue cannot tell its oldest live one:
+            // off the engine lock (and off the runtime's threads), so that sends and
+            // receives do not wait for it.
             let messages = self.lock().messages();
             let read = tokio::task::spawn_blocking(move || {
                 let found = checks

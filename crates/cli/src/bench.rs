@@ -1415,11 +1415,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         });
     }
     if matches!(args.workload, Workload::W2 | Workload::All) {
-        let (mut p50, mut p99, mut p999, mut max) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut lag50, mut lag99, mut acked50, mut acked99) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut sent = 0;
+        let mut runs = Vec::new();
         for run in 0..args.runs {
             let r = target.w2(&args, run).await?;
             if human {
@@ -1438,28 +1434,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     r.acked_p99_us,
                 );
             }
-            sent = r.sent;
-            p50.push(r.p50_us as f64);
-            p99.push(r.p99_us as f64);
-            p999.push(r.p999_us as f64);
-            max.push(r.max_us as f64);
-            lag50.push(r.lag_p50_us as f64);
-            lag99.push(r.lag_p99_us as f64);
-            acked50.push(r.acked_p50_us as f64);
-            acked99.push(r.acked_p99_us as f64);
+            runs.push(r);
         }
+        let across =
+            |f: fn(&W2) -> u64| summary(&runs.iter().map(|r| f(r) as f64).collect::<Vec<_>>());
         report["w2"] = json!({
             "rate_per_s": args.rate,
-            "messages": sent,
+            "messages": runs.last().map_or(0, |r| r.sent),
             "consumers": args.consumers,
-            "p50_us": summary(&p50),
-            "p99_us": summary(&p99),
-            "p999_us": summary(&p999),
-            "max_us": summary(&max),
-            "pacer_lag_p50_us": summary(&lag50),
-            "pacer_lag_p99_us": summary(&lag99),
-            "send_acked_p50_us": summary(&acked50),
-            "send_acked_p99_us": summary(&acked99),
+            "p50_us": across(|r| r.p50_us),
+            "p99_us": across(|r| r.p99_us),
+            "p999_us": across(|r| r.p999_us),
+            "max_us": across(|r| r.max_us),
+            "pacer_lag_p50_us": across(|r| r.lag_p50_us),
+            "pacer_lag_p99_us": across(|r| r.lag_p99_us),
+            "send_acked_p50_us": across(|r| r.acked_p50_us),
+            "send_acked_p99_us": across(|r| r.acked_p99_us),
         });
     }
     if matches!(args.workload, Workload::W3 | Workload::All) {

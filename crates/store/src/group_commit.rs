@@ -43,8 +43,8 @@ struct Shared {
     syncs: AtomicU64,
     /// How long each journal persist took.
     sync_seconds: Histogram,
-    /// How long each write took to append (journal and memtables, with any wait for the
-    /// journal or a write stall of the storage engine).
+    /// How long each write took to append (journal and memtables, with whatever the
+    /// storage engine made it wait for).
     write_seconds: Histogram,
     /// Batches each persist made durable: the group in group commit.
     sync_batches: Histogram,
@@ -103,7 +103,7 @@ impl GroupCommit {
         if took >= SLOW_WRITE {
             tracing::warn!(
                 took_ms = took.as_millis() as u64,
-                "a store write took long (waiting for the journal, or the storage engine stalled writes while it flushed)"
+                "a store write took long: the storage engine held it up, and every send and receive waited"
             );
         }
         let ticket = self.shared.written.fetch_add(1, Ordering::AcqRel) + 1;

@@ -400,45 +400,39 @@ async fn acking_a_fifo_head_wakes_a_receive_waiting_for_its_group() {
     assert_eq!(at, acked_at, "woken by the ack, not by its own look again");
 }
 
-#[test]
-fn an_ack_wakes_receivers_only_when_it_can_let_a_message_through() {
+#[tokio::test]
+async fn an_ack_wakes_receivers_only_when_it_can_let_a_message_through() {
     let cases = [
         // (fifo, max in flight, leased when acked, wakes)
         (false, 10, 1, false),
         (false, 2, 2, true),
         (true, 10, 1, true),
     ];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     for (fifo, max_in_flight, leased, wakes) in cases {
         let f = Fixture::new();
-        rt.block_on(async {
-            let config = QueueConfig {
-                fifo,
-                max_in_flight,
-                ..QueueConfig::default()
-            };
-            f.queue("q", config).await;
-            let one = |i: u32| match fifo {
-                true => grouped(&i.to_string(), &i.to_string()),
-                false => msg(&i.to_string()),
-            };
-            f.b()
-                .send("q", (0..leased).map(one).collect())
-                .await
-                .unwrap();
-            let got = f.receive("q", 10).await;
-            assert_eq!(got.len(), leased as usize);
-            let now = f.clock.now_ms();
-            let (_, _, waker) = f.b().lock().ack("q", &receipts(&got[..1]), now).unwrap();
-            assert_eq!(
-                waker.is_some(),
-                wakes,
-                "fifo {fifo}, {leased} of {max_in_flight} in flight"
-            );
-        });
+        let config = QueueConfig {
+            fifo,
+            max_in_flight,
+            ..QueueConfig::default()
+        };
+        f.queue("q", config).await;
+        let one = |i: u32| match fifo {
+            true => grouped(&i.to_string(), &i.to_string()),
+            false => msg(&i.to_string()),
+        };
+        f.b()
+            .send("q", (0..leased).map(one).collect())
+            .await
+            .unwrap();
+        let got = f.receive("q", 10).await;
+        assert_eq!(got.len(), leased as usize);
+        let now = f.clock.now_ms();
+        let (_, _, waker) = f.b().lock().ack("q", &receipts(&got[..1]), now).unwrap();
+        assert_eq!(
+            waker.is_some(),
+            wakes,
+            "fifo {fifo}, {leased} of {max_in_flight} in flight"
+        );
     }
 }
 
