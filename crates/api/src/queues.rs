@@ -251,6 +251,9 @@ struct ReceiveRequest {
     #[serde(default)]
     wait: HumanDuration,
     lease_timeout: Option<HumanDuration>,
+    /// Receipts of earlier deliveries to ack before receiving.
+    #[serde(default)]
+    ack: Vec<String>,
 }
 
 fn one() -> usize {
@@ -280,17 +283,44 @@ pub(crate) async fn receive_from(
     } else {
         None
     };
-    let deliveries = state
+    if req.ack.is_empty() {
+        let deliveries = state
+            .broker()
+            .receive(
+                queue,
+                req.max,
+                req.wait,
+                req.lease_timeout,
+                &state.inner.shutdown,
+            )
+            .await?;
+        return Ok(json_response(StatusCode::OK, render(&deliveries)));
+    }
+    let (outcomes, deliveries) = state
         .broker()
-        .receive(
+        .ack_and_receive(
             queue,
+            &req.ack,
             req.max,
             req.wait,
             req.lease_timeout,
             &state.inner.shutdown,
         )
         .await?;
-    Ok(json_response(StatusCode::OK, render(&deliveries)))
+    // The acks are answered as the ack endpoint answers them, beside the deliveries; that
+    // none of them succeeded is not an error here, since the receive itself did.
+    let (acked, failures) = receipt_outcomes(&req.ack, outcomes);
+    let mut extra = json!({ "acked": acked });
+    failures.add_to(&mut extra);
+    let mut out = render(&deliveries);
+    out.pop();
+    if let Value::Object(fields) = extra {
+        for (key, value) in fields {
+            let _ = write!(out, ",\"{key}\":{value}");
+        }
+    }
+    out.push('}');
+    Ok(json_response(StatusCode::OK, out))
 }
 
 /// Writes the receive response by hand: bodies and attributes are stored as JSON text and
@@ -362,13 +392,8 @@ struct ExtendRequest {
     lease_timeout: HumanDuration,
 }
 
-/// Answers a receipt batch: 200 with per-receipt failures if any receipt succeeded, the
-/// first failure's problem otherwise.
-fn receipts_response(
-    verb: &'static str,
-    receipts: &[String],
-    outcomes: Vec<ReceiptOutcome>,
-) -> Result<Response, ApiError> {
+/// How many receipts succeeded, and the failures of the others.
+fn receipt_outcomes(receipts: &[String], outcomes: Vec<ReceiptOutcome>) -> (usize, Failures) {
     let mut ok = 0usize;
     let mut failures = Failures::default();
     for (receipt, outcome) in receipts.iter().zip(outcomes) {
@@ -377,6 +402,17 @@ fn receipts_response(
             Err(e) => failures.push("receipt", json!(receipt), &e),
         }
     }
+    (ok, failures)
+}
+
+/// Answers a receipt batch: 200 with per-receipt failures if any receipt succeeded, the
+/// first failure's problem otherwise.
+fn receipts_response(
+    verb: &'static str,
+    receipts: &[String],
+    outcomes: Vec<ReceiptOutcome>,
+) -> Result<Response, ApiError> {
+    let (ok, failures) = receipt_outcomes(receipts, outcomes);
     if let Some(problem) = failures.problem_if_all_failed(ok) {
         return Err(problem);
     }

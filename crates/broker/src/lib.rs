@@ -535,6 +535,36 @@ impl Broker {
             .await
     }
 
+    /// Acks `receipts`, then receives as [`Broker::receive`]: a consumer's acks for its
+    /// last batch and its next receive in one call. Answers once both the acks and the new
+    /// leases are durable (one fsync can cover both: the leases are written after the
+    /// acks). The receive's arguments are checked before anything is acked; if the receive
+    /// fails afterwards, the acks stand.
+    pub async fn ack_and_receive(
+        &self,
+        queue: &str,
+        receipts: &[String],
+        max: usize,
+        wait: HumanDuration,
+        lease_timeout: Option<HumanDuration>,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<ReceiptOutcome>, Vec<Delivery>)> {
+        check_batch(receipts.len())?;
+        check_receive(max, wait, lease_timeout)?;
+        let now = self.now();
+        let (outcomes, ticket, notify) = self.lock().ack(queue, receipts, now)?;
+        // Woken receivers answer only once their leases are durable, which in the journal's
+        // order makes these acks durable too.
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+        let received = self
+            .receive_inner(queue, max, wait, lease_timeout, cancel, true)
+            .await;
+        self.shared.store.durable(ticket).await?;
+        Ok((outcomes, received?))
+    }
+
     /// As [`Broker::receive`], but answers as soon as the leases are written, without
     /// waiting for them to be durable. For a caller whose every use of the deliveries ends
     /// in a later write it awaits (an ack, a nack, a [`Commit`]): the store's journal is
@@ -561,20 +591,7 @@ impl Broker {
         cancel: &CancellationToken,
         durable: bool,
     ) -> Result<Vec<Delivery>> {
-        if max == 0 || max > BATCH_MAX {
-            return Err(Error::InvalidMessage(format!(
-                "max must be 1..={BATCH_MAX}"
-            )));
-        }
-        check_range("wait", wait, HumanDuration::ZERO, WAIT_MAX)?;
-        if let Some(lease) = lease_timeout {
-            check_range(
-                "lease_timeout",
-                lease,
-                config::limits::LEASE_MIN,
-                config::limits::LEASE_MAX,
-            )?;
-        }
+        check_receive(max, wait, lease_timeout)?;
         let deadline = tokio::time::Instant::now() + wait.to_std();
         loop {
             let notify = self.lock().notify_handle(queue)?;
@@ -1062,6 +1079,29 @@ impl Broker {
     pub fn is_healthy(&self) -> bool {
         self.shared.store.is_healthy()
     }
+}
+
+/// A receive's own arguments: how many, how long to wait, and the lease it asks for.
+fn check_receive(
+    max: usize,
+    wait: HumanDuration,
+    lease_timeout: Option<HumanDuration>,
+) -> Result<()> {
+    if max == 0 || max > BATCH_MAX {
+        return Err(Error::InvalidMessage(format!(
+            "max must be 1..={BATCH_MAX}"
+        )));
+    }
+    check_range("wait", wait, HumanDuration::ZERO, WAIT_MAX)?;
+    if let Some(lease) = lease_timeout {
+        check_range(
+            "lease_timeout",
+            lease,
+            config::limits::LEASE_MIN,
+            config::limits::LEASE_MAX,
+        )?;
+    }
+    Ok(())
 }
 
 fn check_batch(n: usize) -> Result<()> {

@@ -257,6 +257,9 @@ impl Http {
 struct Received<'a> {
     #[serde(borrow)]
     messages: Vec<ReceivedMessage<'a>>,
+    /// How many of the receipts the receive carried were acked.
+    #[serde(default)]
+    acked: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +297,9 @@ fn receipts_body(receipts: &[&str], rest: &str) -> String {
 /// target is reached, which ends every consumer of the group at once.
 struct Tally {
     acked: AtomicUsize,
+    /// Messages received by the group so far (counted only by consumers that carry acks
+    /// in their receives, to tell the batch that completes the target).
+    received: AtomicUsize,
     target: usize,
     done: watch::Sender<bool>,
 }
@@ -302,6 +308,7 @@ impl Tally {
     fn new(target: usize) -> Arc<Self> {
         Arc::new(Self {
             acked: AtomicUsize::new(0),
+            received: AtomicUsize::new(0),
             target,
             done: watch::channel(target == 0).0,
         })
@@ -312,29 +319,47 @@ impl Tally {
             self.done.send_replace(true);
         }
     }
+
+    /// Counts `n` received messages; whether they complete the group's target.
+    fn received(&self, n: usize) -> bool {
+        self.received.fetch_add(n, Ordering::AcqRel) + n >= self.target
+    }
+}
+
+/// How a consumer acks what it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acking {
+    /// In an ack request of its own per batch.
+    Separate,
+    /// In its next receive request (`"ack"`: one request a batch carries both). The batch
+    /// that completes the group's target is acked on its own, so the clock stops at once.
+    WithReceive,
 }
 
 /// Receives and acks on `queue` (a queue's or subscription's API path) until the group's
 /// `tally` reaches its target; calls `on_body` for each queue message.
 ///
 /// Like the NATS consumers, which ack without waiting, a consumer sends each ack without
-/// waiting for its answer before it receives again; it keeps one ack in flight (the one
-/// before is confirmed first) and returns once its last ack is confirmed. A long poll
-/// still open when the group's target is reached is abandoned, as the NATS consumers stop
-/// pulling then: the poll is left to finish on its own, and whatever it still gets is
-/// handed back at once (nacked without delay) for whoever receives next.
+/// waiting for its answer before it receives again: an ack request of its own, kept one
+/// in flight (the one before is confirmed first), or carried by the next receive
+/// (`acking`). It returns once its last ack is confirmed. A long poll still open when the
+/// group's target is reached is abandoned, as the NATS consumers stop pulling then: the
+/// poll is left to finish on its own, and whatever it still gets is handed back at once
+/// (nacked without delay) for whoever receives next.
 async fn consume(
     http: Arc<Http>,
     queue: String,
     max: usize,
     tally: Arc<Tally>,
     deadline: Instant,
+    acking: Acking,
     on_body: impl Fn(&str),
 ) -> anyhow::Result<()> {
-    let receive = format!("{{\"max\":{max},\"wait\":\"1s\"}}");
     let mut done = tally.done.subscribe();
     let mut in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     let receive_path = format!("{queue}/receive");
+    // Receipts the next receive acks.
+    let mut carried: Vec<String> = Vec::new();
     while !*done.borrow() {
         if Instant::now() > deadline {
             bail!(
@@ -343,16 +368,20 @@ async fn consume(
                 tally.target
             );
         }
-        let mut receiving = tokio::spawn({
-            let (http, path, body) = (http.clone(), receive_path.clone(), receive.clone());
+        let carrying = carried.len();
+        let mut receiving = Box::pin({
+            let receipts: Vec<&str> = carried.iter().map(String::as_str).collect();
+            let body = receive_body(max, &receipts);
+            let (http, path) = (http.clone(), receive_path.clone());
             async move { http.lean_post(&path, body).await }
         });
+        carried.clear();
         let body = tokio::select! {
-            body = &mut receiving => body??,
+            body = &mut receiving => body?,
             _ = done.wait_for(|d| *d) => {
                 let (http, path) = (http.clone(), format!("{queue}/nack"));
                 tokio::spawn(async move {
-                    let Ok(Ok(body)) = receiving.await else { return };
+                    let Ok(body) = receiving.await else { return };
                     let Ok(got) = serde_json::from_slice::<Received>(&body) else { return };
                     if !got.messages.is_empty() {
                         let receipts: Vec<&str> = got.messages.iter().map(|m| m.receipt).collect();
@@ -363,14 +392,28 @@ async fn consume(
             }
         };
         let got: Received = serde_json::from_slice(&body).context("parsing receive")?;
+        if carrying > 0 {
+            if got.acked != Some(carrying) {
+                bail!(
+                    "a receive carrying {carrying} acks answered {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            tally.add(carrying);
+        }
         if got.messages.is_empty() {
             continue;
         }
         for body in got.messages.iter().filter_map(|m| m.body) {
             on_body(body.get());
         }
+        let n = got.messages.len();
+        if acking == Acking::WithReceive && !tally.received(n) {
+            carried.extend(got.messages.iter().map(|m| m.receipt.to_owned()));
+            continue;
+        }
         let receipts: Vec<&str> = got.messages.iter().map(|m| m.receipt).collect();
-        let (n, ack) = (receipts.len(), receipts_body(&receipts, ""));
+        let ack = receipts_body(&receipts, "");
         if let Some(previous) = in_flight.take() {
             previous.await??;
         }
@@ -385,6 +428,17 @@ async fn consume(
         last.await??;
     }
     Ok(())
+}
+
+/// A receive's body: up to `max` messages, a long poll of 1 s, acking `receipts` first.
+fn receive_body(max: usize, receipts: &[&str]) -> String {
+    let head = format!("{{\"max\":{max},\"wait\":\"1s\"");
+    if receipts.is_empty() {
+        return head + "}";
+    }
+    let mut s = receipts_body(receipts, "").replacen("{\"receipts\":", ",\"ack\":", 1);
+    s.insert_str(0, &head);
+    s
 }
 
 /// Sends `total` messages in batches of `batch` from `producers` tasks.
@@ -455,7 +509,7 @@ async fn consume_all(
             args.batch,
         );
         tasks.push(tokio::spawn(async move {
-            consume(http, queue, max, tally, deadline, |_| {}).await
+            consume(http, queue, max, tally, deadline, Acking::Separate, |_| {}).await
         }));
     }
     for t in tasks {
@@ -531,9 +585,15 @@ async fn w2(http: &Arc<Http>, args: &BenchArgs, run: usize) -> anyhow::Result<W2
             latencies.clone(),
         );
         consumers.push(tokio::spawn(async move {
-            consume(http, queue, 100, tally, deadline, move |body| {
-                latencies.record(body.as_bytes())
-            })
+            consume(
+                http,
+                queue,
+                100,
+                tally,
+                deadline,
+                Acking::WithReceive,
+                move |body| latencies.record(body.as_bytes()),
+            )
             .await
         }));
     }
@@ -774,7 +834,16 @@ async fn consume_subscriptions(
         let (http, max) = (http.clone(), args.batch);
         let path = format!("/v1/topics/{topic}/subscriptions/s{s}");
         tasks.push(tokio::spawn(async move {
-            consume(http, path, max, Tally::new(per_sub), deadline, |_| {}).await
+            consume(
+                http,
+                path,
+                max,
+                Tally::new(per_sub),
+                deadline,
+                Acking::Separate,
+                |_| {},
+            )
+            .await
         }));
     }
     for t in tasks {

@@ -124,6 +124,71 @@ async fn queue_lifecycle_send_receive_ack_nack_extend() {
 }
 
 #[tokio::test]
+async fn a_receive_acks_the_receipts_it_carries_before_it_receives() {
+    let s = server();
+    create(&s, "q", json!({})).await;
+    let msgs = json!({"messages": [{"body": "a"}, {"body": "b"}, {"body": "c"}]});
+    assert_eq!(
+        s.call("POST", "/v1/queues/q/messages", Some(msgs)).await.0,
+        200
+    );
+    let receive = |body: Value| {
+        let s = &s;
+        async move { s.call("POST", "/v1/queues/q/receive", Some(body)).await }
+    };
+    let (_, got) = receive(json!({"max": 2})).await;
+    let first: Vec<Value> = got["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["receipt"].clone())
+        .collect();
+    assert_eq!(first.len(), 2);
+
+    // Acks for the last batch ride on the next receive.
+    let (status, got) = receive(json!({"max": 2, "ack": first})).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["acked"], 2);
+    assert!(got.get("failed").is_none(), "{got}");
+    assert_eq!(got["messages"][0]["body"], "c");
+    let rc = got["messages"][0]["receipt"].clone();
+    let (_, q) = s.call("GET", "/v1/queues/q", None).await;
+    assert_eq!(
+        (q["stats"]["visible"].clone(), q["stats"]["leased"].clone()),
+        (json!(0), json!(1))
+    );
+
+    // A receipt that no longer acks anything is reported beside the one that did, and the
+    // receive still answers (here: nothing left, after its wait).
+    let (status, got) = receive(json!({"wait": "100ms", "ack": [rc, first[0]]})).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["acked"], 1);
+    assert_eq!(got["messages"], json!([]));
+    let failed = got["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{got}");
+    assert_eq!(failed[0]["receipt"], first[0]);
+    assert!(failed[0]["code"].is_string(), "{got}");
+    let (_, q) = s.call("GET", "/v1/queues/q", None).await;
+    assert_eq!(q["stats"]["leased"], 0);
+
+    // A receive whose own arguments are bad acks nothing.
+    let msgs = json!({"messages": [{"body": "d"}]});
+    s.call("POST", "/v1/queues/q/messages", Some(msgs)).await;
+    let (_, got) = receive(json!({})).await;
+    let rd = got["messages"][0]["receipt"].clone();
+    let (status, p) = receive(json!({"max": 0, "ack": [rd]})).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (400, Some("invalid_message")),
+        "{p}"
+    );
+    let (status, ack) = s
+        .call("POST", "/v1/queues/q/ack", Some(json!({"receipts": [rd]})))
+        .await;
+    assert_eq!((status, &ack["acked"]), (200, &json!(1)), "{ack}");
+}
+
+#[tokio::test]
 async fn long_poll_returns_as_soon_as_a_message_arrives() {
     let s = server();
     create(&s, "q", json!({})).await;

@@ -64,6 +64,38 @@ async fn drain(s: &TestServer, topic: &str, sub: &str) -> Vec<u64> {
 }
 
 #[tokio::test]
+async fn a_subscription_receive_acks_the_receipts_it_carries() {
+    let s = server();
+    put(&s, "/v1/topics/t", json!({})).await;
+    put(&s, "/v1/topics/t/subscriptions/s", json!({})).await;
+    for n in 1..=3 {
+        let (status, body) = s
+            .call_with(
+                "POST",
+                "/v1/topics/t/events",
+                &[("content-type", "application/cloudevents+json")],
+                serde_json::to_vec(&ce("x", "s", json!({"n": n}))).unwrap(),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let first = receive(&s, "t", "s", 2).await;
+    let receipts: Vec<&Value> = first.iter().map(|m| &m["receipt"]).collect();
+    let (status, got) = s
+        .call(
+            "POST",
+            "/v1/topics/t/subscriptions/s/receive",
+            Some(json!({"max": 2, "ack": receipts})),
+        )
+        .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["acked"], 2);
+    assert_eq!(got["messages"][0]["event"]["data"]["n"], 3);
+    let (_, sub) = s.call("GET", "/v1/topics/t/subscriptions/s", None).await;
+    assert_eq!(sub["stats"]["leased"], 1, "{sub}");
+}
+
+#[tokio::test]
 async fn publish_in_structured_batch_and_binary_mode_and_read_back() {
     let s = server();
     let t = put(&s, "/v1/topics/orders", json!({})).await;
