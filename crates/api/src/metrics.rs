@@ -581,7 +581,7 @@ fn write_store(e: &mut Exposition, m: &BrokerMetrics) {
     e.family(
         "sluice_store_write_duration_seconds",
         Kind::Histogram,
-        "Time each write took to append to the journal and the in-memory tables (long ones wait for the journal or a storage-engine write stall).",
+        "Time each write took to append to the journal and the in-memory tables (long ones wait on the storage engine, e.g. while it frees a flushed in-memory table).",
     );
     e.histogram("sluice_store_write_duration_seconds", &[], &s.write_seconds);
     e.family(

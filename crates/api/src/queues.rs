@@ -313,7 +313,9 @@ pub(crate) async fn receive_from(
     let mut extra = json!({ "acked": acked });
     failures.add_to(&mut extra);
     let mut out = render(&deliveries);
-    out.pop();
+    // Both renderings are one object: its fields go in before the closing brace.
+    let closing = out.pop();
+    debug_assert_eq!(closing, Some('}'));
     if let Value::Object(fields) = extra {
         for (key, value) in fields {
             let _ = write!(out, ",\"{key}\":{value}");

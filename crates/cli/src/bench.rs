@@ -278,19 +278,25 @@ fn padding(size: usize) -> String {
 /// An ack's body naming `receipts`, with `rest` (further fields, each after a comma).
 fn receipts_body(receipts: &[&str], rest: &str) -> String {
     let mut s = String::with_capacity(16 + receipts.len() * 43 + rest.len());
-    s.push_str("{\"receipts\":[");
+    s.push_str("{\"receipts\":");
+    push_receipts(&mut s, receipts);
+    s.push_str(rest);
+    s.push('}');
+    s
+}
+
+/// Appends `receipts` as a JSON array of strings (receipts are hex digits: no escaping).
+fn push_receipts(s: &mut String, receipts: &[impl AsRef<str>]) {
+    s.push('[');
     for (i, r) in receipts.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
         s.push('"');
-        s.push_str(r);
+        s.push_str(r.as_ref());
         s.push('"');
     }
     s.push(']');
-    s.push_str(rest);
-    s.push('}');
-    s
 }
 
 /// What a group of consumers has acked towards its target; `done` turns true when the
@@ -370,8 +376,7 @@ async fn consume(
         }
         let carrying = carried.len();
         let mut receiving = Box::pin({
-            let receipts: Vec<&str> = carried.iter().map(String::as_str).collect();
-            let body = receive_body(max, &receipts);
+            let body = receive_body(max, &carried);
             let (http, path) = (http.clone(), receive_path.clone());
             async move { http.lean_post(&path, body).await }
         });
@@ -431,13 +436,13 @@ async fn consume(
 }
 
 /// A receive's body: up to `max` messages, a long poll of 1 s, acking `receipts` first.
-fn receive_body(max: usize, receipts: &[&str]) -> String {
-    let head = format!("{{\"max\":{max},\"wait\":\"1s\"");
-    if receipts.is_empty() {
-        return head + "}";
+fn receive_body(max: usize, receipts: &[String]) -> String {
+    let mut s = format!("{{\"max\":{max},\"wait\":\"1s\"");
+    if !receipts.is_empty() {
+        s.push_str(",\"ack\":");
+        push_receipts(&mut s, receipts);
     }
-    let mut s = receipts_body(receipts, "").replacen("{\"receipts\":", ",\"ack\":", 1);
-    s.insert_str(0, &head);
+    s.push('}');
     s
 }
 
